@@ -1,0 +1,127 @@
+"""Progress -> weight schedules, clamped at both ends.
+
+A schedule maps training progress ``p`` (a step or an epoch count, whichever unit the curriculum
+uses) to a weight. Every family is flat before ``start`` (value ``v_start``) and flat after ``end``
+(value ``v_end``); in between it moves by a shape ``s(u)`` with ``u = (p - start) / (end - start)``:
+
+    w(p) = v_start + (v_end - v_start) * s(clamp(u, 0, 1))
+
+    linear:   s(u) = u
+    cosine:   s(u) = (1 - cos(pi u)) / 2             (a half-cosine ramp)
+    sigmoid:  s(u) = sigma(k (u - 1/2)) rescaled so s(0) = 0, s(1) = 1
+
+So ``linear_warmup(0, 50)`` is ``w_diff`` of the paper's image recipe (0 -> 1 over 50k steps) and
+``cosine_decay(0, 200)`` the protein recipe's alignment decay (1 -> 0 over 200 epochs, then 0).
+``piecewise`` interpolates linearly between ``(p, v)`` knots and holds the end values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+KINDS = ("constant", "linear", "cosine", "sigmoid", "piecewise")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A clamped weight schedule over training progress (see module docstring)."""
+
+    kind: str = "constant"
+    start: float = 0.0
+    end: float = 0.0
+    v_start: float = 1.0
+    v_end: float = 1.0
+    points: tuple[tuple[float, float], ...] = ()
+    sharpness: float = 10.0  # k of the sigmoid shape
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"schedule kind: unknown {self.kind!r}; choose one of {KINDS}")
+        if self.kind in ("linear", "cosine", "sigmoid") and self.end < self.start:
+            raise ValueError(f"schedule ({self.kind}): end={self.end} is before start={self.start}")
+        if self.kind == "piecewise":
+            if not self.points:
+                raise ValueError("schedule (piecewise): points must hold at least one (p, v) knot")
+            knots = [p for p, _ in self.points]
+            if knots != sorted(knots):
+                raise ValueError(f"schedule (piecewise): knots must increase, got {knots}")
+
+    def __call__(self, progress: float) -> float:
+        p = float(progress)
+        if self.kind == "constant":
+            return float(self.v_end)
+        if self.kind == "piecewise":
+            return _piecewise(self.points, p)
+        if p <= self.start:
+            return float(self.v_start)
+        if p >= self.end:
+            return float(self.v_end)
+        u = (p - self.start) / (self.end - self.start)
+        return float(self.v_start + (self.v_end - self.v_start) * self._shape(u))
+
+    def _shape(self, u: float) -> float:
+        if self.kind == "linear":
+            return u
+        if self.kind == "cosine":
+            return 0.5 * (1.0 - math.cos(math.pi * u))
+        # sigmoid, rescaled to pass through (0, 0) and (1, 1)
+        k = self.sharpness
+        lo, hi = _sigmoid(-k / 2), _sigmoid(k / 2)
+        return (_sigmoid(k * (u - 0.5)) - lo) / (hi - lo)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _piecewise(points: tuple[tuple[float, float], ...], p: float) -> float:
+    if p <= points[0][0]:
+        return float(points[0][1])
+    for (p0, v0), (p1, v1) in zip(points[:-1], points[1:]):
+        if p <= p1:
+            return float(v0 if p1 == p0 else v0 + (v1 - v0) * (p - p0) / (p1 - p0))
+    return float(points[-1][1])
+
+
+@dataclass(frozen=True)
+class Product:
+    """Pointwise product of schedules, e.g. a warm-up times a later decay."""
+
+    factors: tuple[Schedule | Product, ...]
+
+    def __call__(self, progress: float) -> float:
+        out = 1.0
+        for f in self.factors:
+            out *= f(progress)
+        return out
+
+
+def constant(value: float = 1.0) -> Schedule:
+    return Schedule("constant", v_start=value, v_end=value)
+
+
+def linear_warmup(start: float, end: float, peak: float = 1.0) -> Schedule:
+    """0 until ``start``, linear to ``peak`` at ``end``, then ``peak``."""
+    return Schedule("linear", start, end, 0.0, peak)
+
+
+def linear_decay(start: float, end: float, initial: float = 1.0, final: float = 0.0) -> Schedule:
+    return Schedule("linear", start, end, initial, final)
+
+
+def cosine_warmup(start: float, end: float, peak: float = 1.0) -> Schedule:
+    return Schedule("cosine", start, end, 0.0, peak)
+
+
+def cosine_decay(start: float, end: float, initial: float = 1.0, final: float = 0.0) -> Schedule:
+    """``initial`` until ``start``, half-cosine to ``final`` at ``end``, clamped there."""
+    return Schedule("cosine", start, end, initial, final)
+
+
+def sigmoid(start: float, end: float, v_start: float = 0.0, v_end: float = 1.0) -> Schedule:
+    return Schedule("sigmoid", start, end, v_start, v_end)
+
+
+def piecewise(points: list[tuple[float, float]]) -> Schedule:
+    return Schedule("piecewise", points=tuple((float(p), float(v)) for p, v in points))

@@ -1,0 +1,417 @@
+"""The training loop shared by every domain.
+
+``Trainer(cfg, task).fit()`` reads top to bottom: set up (device, DDP, model, EMA, optimiser),
+resume from ``run_dir/checkpoints/last.pt`` if it exists, then a loop of ``train_step`` with
+periodic logging, evaluation and atomic checkpoints. A domain implements :class:`Task`:
+
+* ``model``: the ``nn.Module`` that is trained (e.g. a :class:`reed_core.model.ReedModel`);
+* ``steps_per_epoch``;
+* ``batch(step, rank, world, device)``: the batch of ``step`` for this rank, a pure function of
+  the step (use :class:`EpochSampler`), so a resumed run sees the same data;
+* ``loss(model, batch, step) -> ObjectiveOutput``: calls ``model`` (the DDP / compiled wrapper)
+  once and combines the terms (:class:`reed_core.objective.ReedObjective`);
+* optionally ``evaluate(model, ema_model, step, run_dir) -> dict`` and ``state_dict`` /
+  ``load_state_dict`` for task state outside the model.
+
+Speed: bf16 autocast, fused AdamW on CUDA, a foreach EMA, optional ``torch.compile``; logged
+terms are summed on the device and read back once per ``log_every`` steps (no per-step sync).
+Exact resume: model, EMA, optimiser, step and every RNG state are checkpointed together.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from reed_core.config import config_to_dict, save_config
+from reed_core.objective import ObjectiveOutput
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run_dir: str = "runs/default"
+    steps: int = 1000
+    batch_size: int = 64  # global batch, split over ranks
+    lr: float = 1e-4
+    lr_warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay_t = min(ema_decay, (1 + t) / (10 + t))
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    log_every: int = 50
+    ckpt_every: int = 1000
+    eval_every: int = 0  # 0: evaluate only at the end (if the task can)
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = True
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "ckpt_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "grad_clip", "lr_warmup_steps", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay: must lie in [0, 1), got {self.ema_decay}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision: unknown {self.precision!r}; choose one of {PRECISIONS}")
+
+
+@runtime_checkable
+class Task(Protocol):
+    model: nn.Module
+    steps_per_epoch: int
+
+    def batch(self, step: int, rank: int, world: int, device: torch.device) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: Any, step: int) -> ObjectiveOutput: ...
+
+
+class EpochSampler:
+    """Indices of the global batch of ``step``: a fresh seeded permutation every epoch.
+
+    ``indices(step, rank, world)`` is a pure function of its arguments, so a resumed run and an
+    uninterrupted one draw the same data, and ``world`` ranks split one global batch (rank ``r``
+    takes every ``world``-th example) exactly as a single process would see it.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int = 0):
+        if num_examples < batch_size:
+            raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} examples")
+        self.n, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.steps_per_epoch = num_examples // batch_size
+        self._epoch, self._perm = -1, np.arange(0)
+
+    def indices(self, step: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        batch = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+        return batch[rank::world]
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed + checkpoint helpers
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> DistInfo:
+    """Join the process group when launched by torchrun / Slurm (``WORLD_SIZE`` > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, then ``os.replace``: never a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`; a clear error if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated zip, wrong format, pickle errors
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a REED checkpoint: {err}") from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a REED checkpoint (no 'model' entry)")
+    return state
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, task: Task, experiment_config: Any = None):
+        self.cfg, self.task = cfg, task
+        self.experiment_config = experiment_config if experiment_config is not None else cfg
+        kind = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else \
+            torch.device(cfg.device).type
+        self.dist = init_distributed(kind)
+        if kind == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        else:
+            self.device = torch.device(cfg.device if cfg.device != "auto" else "cpu")
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and kind == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self.step = 0
+
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        np.random.seed((cfg.seed + self.dist.rank) % 2**32)
+        random.seed(cfg.seed + self.dist.rank)
+
+        self.model = task.model.to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+            fused=self.device.type == "cuda",
+        )
+        train_model: nn.Module = self.model
+        if self.dist.world > 1:
+            train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if kind == "cuda" else None)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        self.train_model = train_model
+        self._ema_params = list(self.ema.parameters())
+        self._model_params = list(self.model.parameters())
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "config": config_to_dict(self.experiment_config),
+        }
+        if hasattr(self.task, "state_dict"):
+            state["task"] = self.task.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        if "task" in state and hasattr(self.task, "load_state_dict"):
+            self.task.load_state_dict(state["task"])
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.dist.world:
+            set_rng_state(per_rank[self.dist.rank])
+        elif self.dist.rank == 0:
+            set_rng_state(state["rng"])
+        else:  # resumed on a different world size: re-derive from (seed, rank, step)
+            torch.manual_seed(self.cfg.seed + self.dist.rank + 1_000_003 * self.step)
+
+    def save(self) -> None:
+        per_rank = None
+        if self.dist.world > 1:  # every rank's RNG, so each resumes its own stream
+            per_rank = [None] * self.dist.world
+            dist.all_gather_object(per_rank, rng_state())
+        if self.dist.is_main:
+            state = self.state_dict()
+            if per_rank is not None:
+                state["rng_per_rank"] = per_rank
+            save_checkpoint(state, self.ckpt_path)
+        if self.dist.world > 1:
+            dist.barrier()
+
+    # -- one step ------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        if self.cfg.lr_warmup_steps and step < self.cfg.lr_warmup_steps:
+            return self.cfg.lr * (step + 1) / self.cfg.lr_warmup_steps
+        return self.cfg.lr
+
+    def ema_decay_at(self, step: int) -> float:
+        if not self.cfg.ema_warmup:
+            return self.cfg.ema_decay
+        return min(self.cfg.ema_decay, (1.0 + step) / (10.0 + step))
+
+    def train_step(self, batch: Any) -> ObjectiveOutput:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            out = self.task.loss(self.train_model, batch, self.step)
+        out.loss.backward()
+        if self.cfg.grad_clip > 0:
+            grad_norm = nn.utils.clip_grad_norm_(self._model_params, self.cfg.grad_clip)
+            out.terms["grad_norm"] = grad_norm.detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - self.ema_decay_at(self.step))
+        return out
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        cfg, is_main = self.cfg, self.dist.is_main
+        if cfg.resume and self.ckpt_path.exists():
+            self.load_state_dict(load_checkpoint(self.ckpt_path, self.device))
+        if is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.experiment_config, self.run_dir / "config.yaml")
+        logger = MetricsLogger(self.run_dir, enabled=is_main, tensorboard=cfg.tensorboard)
+        logger.truncate_after(self.step)  # drop lines logged after the checkpoint we resumed from
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (is_main and cfg.progress_bar),
+                   desc=self.run_dir.name, dynamic_ncols=True, mininterval=1.0)
+        sums: dict[str, torch.Tensor] = {}
+        host: dict[str, float] = {}
+        count, t_last, last = 0, time.perf_counter(), {}
+        steps_per_epoch = max(int(self.task.steps_per_epoch), 1)
+        self.model.train()
+        while self.step < cfg.steps:
+            batch = self.task.batch(self.step, self.dist.rank, self.dist.world, self.device)
+            out = self.train_step(batch)
+            for name, value in out.terms.items():
+                if isinstance(value, torch.Tensor):
+                    value = value.detach().float()
+                    sums[name] = sums[name] + value if name in sums else value
+                else:
+                    host[name] = float(value)
+            count += 1
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                names = list(sums)
+                stacked = torch.stack([sums[n] for n in names]) / count
+                if self.dist.world > 1:
+                    dist.all_reduce(stacked)
+                    stacked /= self.dist.world
+                values = dict(zip(names, stacked.tolist()))  # the one host sync per interval
+                values.update(host)
+                now = time.perf_counter()
+                values.update(step=self.step, epoch=self.step / steps_per_epoch,
+                              lr=self.lr_at(self.step - 1), steps_per_s=count / (now - t_last))
+                if not all(math.isfinite(v) for k, v in values.items() if k.startswith("loss")):
+                    raise FloatingPointError(f"non-finite loss at step {self.step}: {values}")
+                logger.log(values)
+                bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
+                last, sums, host, count, t_last = values, {}, {}, 0, now
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save()
+            if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
+                last.update(self.evaluate(logger))
+        bar.close()
+        logger.close()
+        return last
+
+    def evaluate(self, logger: MetricsLogger) -> dict[str, float]:
+        if not hasattr(self.task, "evaluate"):
+            return {}
+        results: dict[str, float] = {}
+        if self.dist.is_main:
+            self.model.eval()
+            with torch.no_grad():
+                results = {f"eval/{k}": float(v) for k, v in
+                           self.task.evaluate(self.model, self.ema, self.step, self.run_dir).items()}
+            self.model.train()
+            logger.log({"step": self.step, **results})
+        if self.dist.world > 1:
+            dist.barrier()
+        return results
+
+
+class MetricsLogger:
+    """JSON lines in ``run_dir/metrics.jsonl`` (+ TensorBoard when installed), rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:
+                self.tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only records up to ``step`` (atomically), so a resumed run logs each step once."""
+        if not (self.enabled and self.path.exists()):
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            os.replace(tmp, self.path)
+
+    def log(self, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(dict(values)) + "\n")
+        if self.tb is not None:
+            step = int(values["step"])
+            for key, value in values.items():
+                if key != "step":
+                    self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
