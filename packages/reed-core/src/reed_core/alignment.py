@@ -73,9 +73,7 @@ def pool(
     raise ValueError(f"pooling: unknown {kind!r}; choose one of {POOLINGS}")
 
 
-def cosine_alignment_loss(
-    h: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def cosine_alignment_loss(h: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample ``1 - cos(h, z)`` in float32.
 
     ``[B, D]`` inputs give ``[B]``; ``[B, N, D]`` inputs give the masked mean over tokens, ``[B]``.
@@ -135,8 +133,9 @@ class AlignmentTerm:
 class MultiLatentAligner(nn.Module):
     """One projector per target; returns one :class:`AlignmentTerm` per target."""
 
-    def __init__(self, targets: list[AlignmentTarget] | tuple[AlignmentTarget, ...],
-                 hidden_dims: dict[str, int]):
+    def __init__(
+        self, targets: list[AlignmentTarget] | tuple[AlignmentTarget, ...], hidden_dims: dict[str, int]
+    ):
         super().__init__()
         names = [t.name for t in targets]
         if len(set(names)) != len(names):
@@ -145,10 +144,12 @@ class MultiLatentAligner(nn.Module):
         if missing:
             raise ValueError(f"aligner: no hidden width given for targets {missing}")
         self.targets = {t.name: t for t in targets}
-        self.projectors = nn.ModuleDict({
-            t.name: Projector(hidden_dims[t.name], t.dim, t.projector_hidden, t.projector_layers)
-            for t in targets
-        })
+        self.projectors = nn.ModuleDict(
+            {
+                t.name: Projector(hidden_dims[t.name], t.dim, t.projector_hidden, t.projector_layers)
+                for t in targets
+            }
+        )
 
     def forward(
         self,

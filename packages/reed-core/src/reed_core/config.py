@@ -218,7 +218,7 @@ def load_config(
         node = data
         for depth, key in enumerate(keys[:-1]):
             if not isinstance(node.get(key), dict):
-                raise ConfigError(f"{'.'.join(keys[:depth + 1])}: unknown key or not a table")
+                raise ConfigError(f"{'.'.join(keys[: depth + 1])}: unknown key or not a table")
             node = node[key]
         node[keys[-1]] = value
     return config_from_dict(cls, data)
@@ -239,18 +239,17 @@ def load_config_file(cls: type[T], path: str | Path) -> T:
 
 
 def add_config_args(parser: argparse.ArgumentParser, presets: Mapping[str, Any]) -> None:
-    parser.add_argument("--preset", choices=sorted(presets), default=None,
-                        help="named preset to start from")
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="TOML or YAML file of settings applied over the preset")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides applied last, e.g. train.lr=1e-4")
+    parser.add_argument("--preset", choices=sorted(presets), default=None, help="named preset to start from")
+    parser.add_argument(
+        "--config", metavar="FILE", default=None, help="TOML or YAML file of settings applied over the preset"
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied last, e.g. train.lr=1e-4"
+    )
 
 
-def config_from_args(cls: type[T], presets: Mapping[str, Callable[[], T]],
-                     args: argparse.Namespace) -> T:
+def config_from_args(cls: type[T], presets: Mapping[str, Callable[[], T]], args: argparse.Namespace) -> T:
     """Resolve ``--preset``/``--config``/overrides; exits with the message on a bad config."""
     try:
         cfg = load_config(cls, presets, args.preset, args.config, args.overrides)

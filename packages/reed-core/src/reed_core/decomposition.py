@@ -114,9 +114,7 @@ def hybrid_mean(mu_cond: torch.Tensor, mu_uncond: torch.Tensor, A: torch.Tensor)
     return A * mu_cond + (1.0 - A) * mu_uncond
 
 
-def hybrid_logits(
-    logits_cond: torch.Tensor, logits_uncond: torch.Tensor, A: torch.Tensor
-) -> torch.Tensor:
+def hybrid_logits(logits_cond: torch.Tensor, logits_uncond: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """Log-probabilities of ``p_cond^A p_uncond^(1-A)`` (renormalised) over the last axis."""
     A = A.reshape(A.shape + (1,) * (logits_cond.dim() - A.dim())).to(logits_cond.dtype)
     mixed = A * logits_cond.log_softmax(-1) + (1.0 - A) * logits_uncond.log_softmax(-1)

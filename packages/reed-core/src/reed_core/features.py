@@ -63,8 +63,15 @@ class FeatureStoreWriter:
     ...     w.add("img_0001", z)
     """
 
-    def __init__(self, root: str | Path, name: str, shape: Sequence[int], dtype: str = "float16",
-                 shard_size: int = 4096, overwrite: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        name: str,
+        shape: Sequence[int],
+        dtype: str = "float16",
+        shard_size: int = 4096,
+        overwrite: bool = False,
+    ):
         self.root = Path(root)
         if (self.root / META).exists() and not overwrite:
             raise FileExistsError(f"feature store {self.root} exists; pass overwrite=True to replace it")
@@ -109,8 +116,7 @@ class FeatureStoreWriter:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         data = np.concatenate(self._buffer, axis=0)
         _atomic_write_bytes(self.root / f"shard_{index:05d}.data.npy", lambda fh: np.save(fh, data))
-        _atomic_write_bytes(self.root / f"shard_{index:05d}.offsets.npy",
-                            lambda fh: np.save(fh, offsets))
+        _atomic_write_bytes(self.root / f"shard_{index:05d}.offsets.npy", lambda fh: np.save(fh, offsets))
         self._shards.append(len(self._buffer))
         self._buffer = []
 
@@ -118,8 +124,12 @@ class FeatureStoreWriter:
         self._flush()
         fixed = next(iter(self._lengths)) if len(self._lengths) == 1 else None
         meta = {
-            "name": self.name, "shape": list(self.shape), "dtype": self.dtype.name,
-            "shards": self._shards, "num_examples": len(self._ids), "fixed_length": fixed,
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype.name,
+            "shards": self._shards,
+            "num_examples": len(self._ids),
+            "fixed_length": fixed,
             "version": FORMAT_VERSION,
         }
         ids_blob = json.dumps(self._ids).encode()
@@ -149,9 +159,13 @@ class FeatureStore:
         try:
             raw = json.loads(meta_path.read_text())
             self.meta = StoreMeta(
-                name=raw["name"], shape=tuple(raw["shape"]), dtype=raw["dtype"],
-                shards=tuple(raw["shards"]), num_examples=int(raw["num_examples"]),
-                fixed_length=raw.get("fixed_length"), version=int(raw.get("version", 1)),
+                name=raw["name"],
+                shape=tuple(raw["shape"]),
+                dtype=raw["dtype"],
+                shards=tuple(raw["shards"]),
+                num_examples=int(raw["num_examples"]),
+                fixed_length=raw.get("fixed_length"),
+                version=int(raw.get("version", 1)),
             )
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise FeatureStoreError(f"feature store {meta_path}: unreadable metadata ({err})") from err
@@ -204,10 +218,11 @@ class FeatureStore:
             raise KeyError(f"feature store {self.root}: no example with id {key!r}")
         shard, row = self._where[key]
         offsets = self._offsets[shard]
-        return self._data[shard][offsets[row]:offsets[row + 1]]
+        return self._data[shard][offsets[row] : offsets[row + 1]]
 
-    def get(self, ids: Iterable[str], dtype: torch.dtype = torch.float32
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(
+        self, ids: Iterable[str], dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded batch ``z [B, L_max, *shape]`` and validity mask ``[B, L_max]``."""
         arrays = [self.example(i) for i in ids]
         L_max = max(len(a) for a in arrays)
@@ -247,8 +262,10 @@ def build_feature_store(
 
     ``encode`` returns ``[B, L, *shape]`` (or a list of ``[L_i, *shape]`` for ragged outputs).
     """
-    with torch.inference_mode(), FeatureStoreWriter(root, name, shape, dtype, shard_size,
-                                                    overwrite) as writer:
+    with (
+        torch.inference_mode(),
+        FeatureStoreWriter(root, name, shape, dtype, shard_size, overwrite) as writer,
+    ):
         for ids, inputs in tqdm(batches, total=total, desc=f"features:{name}", unit="batch"):
             z = encode(inputs)
             if len(z) != len(ids):

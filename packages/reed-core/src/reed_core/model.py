@@ -25,8 +25,12 @@ class ReedModel(nn.Module):
     ``z_targets`` (sampling, vanilla training) no alignment is computed.
     """
 
-    def __init__(self, denoiser: nn.Module, targets: list[AlignmentTarget] | tuple = (),
-                 hidden_dims: dict[str, int] | None = None):
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        targets: list[AlignmentTarget] | tuple = (),
+        hidden_dims: dict[str, int] | None = None,
+    ):
         super().__init__()
         self.denoiser = denoiser
         targets = list(targets)
@@ -40,10 +44,14 @@ class ReedModel(nn.Module):
     def targets(self) -> dict[str, AlignmentTarget]:
         return self.aligner.targets if self.aligner is not None else {}
 
-    def forward(self, *args: Any, tau: torch.Tensor | None = None,
-                z_targets: dict[str, torch.Tensor] | None = None,
-                align_masks: dict[str, torch.Tensor] | None = None,
-                **kwargs: Any) -> tuple[Any, dict[str, AlignmentTerm]]:
+    def forward(
+        self,
+        *args: Any,
+        tau: torch.Tensor | None = None,
+        z_targets: dict[str, torch.Tensor] | None = None,
+        align_masks: dict[str, torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> tuple[Any, dict[str, AlignmentTerm]]:
         output = self.denoiser(*args, **kwargs)
         if self.aligner is None or self.taps is None:
             return output, {}

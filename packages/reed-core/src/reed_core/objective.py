@@ -48,8 +48,9 @@ class ReedObjective:
         self.curriculum = curriculum
         self.targets = dict(targets or {})
 
-    def __call__(self, gen_loss: torch.Tensor, align_terms: Mapping[str, AlignmentTerm] | None,
-                 progress: float) -> ObjectiveOutput:
+    def __call__(
+        self, gen_loss: torch.Tensor, align_terms: Mapping[str, AlignmentTerm] | None, progress: float
+    ) -> ObjectiveOutput:
         w_diff = self.curriculum.cfg.w_diff(progress)
         l_gen = per_sample_mean(gen_loss.float())
         loss = w_diff * l_gen

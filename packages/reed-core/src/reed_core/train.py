@@ -109,7 +109,7 @@ class EpochSampler:
         if epoch != self._epoch:
             self._epoch = epoch
             self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        batch = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+        batch = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
         return batch[rank::world]
 
 
@@ -138,9 +138,15 @@ def init_distributed(device_kind: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), NumPy and Python: call before building a model."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -195,8 +201,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, task: Task, experiment_config: Any = None):
         self.cfg, self.task = cfg, task
         self.experiment_config = experiment_config if experiment_config is not None else cfg
-        kind = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else \
-            torch.device(cfg.device).type
+        kind = (
+            ("cuda" if torch.cuda.is_available() else "cpu")
+            if cfg.device == "auto"
+            else torch.device(cfg.device).type
+        )
         self.dist = init_distributed(kind)
         if kind == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -211,21 +220,23 @@ class Trainer:
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self.step = 0
 
-        torch.manual_seed(cfg.seed + self.dist.rank)
-        np.random.seed((cfg.seed + self.dist.rank) % 2**32)
-        random.seed(cfg.seed + self.dist.rank)
+        seed_everything(cfg.seed + self.dist.rank)
 
         self.model = task.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+            params,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
             fused=self.device.type == "cuda",
         )
         train_model: nn.Module = self.model
         if self.dist.world > 1:
             train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if kind == "cuda" else None)
+                self.model, device_ids=[self.device.index] if kind == "cuda" else None
+            )
         if cfg.compile:
             train_model = torch.compile(train_model)
         self.train_model = train_model
@@ -288,8 +299,11 @@ class Trainer:
     def train_step(self, batch: Any) -> ObjectiveOutput:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
             out = self.task.loss(self.train_model, batch, self.step)
         out.loss.backward()
         if self.cfg.grad_clip > 0:
@@ -311,8 +325,14 @@ class Trainer:
             save_config(self.experiment_config, self.run_dir / "config.yaml")
         logger = MetricsLogger(self.run_dir, enabled=is_main, tensorboard=cfg.tensorboard)
         logger.truncate_after(self.step)  # drop lines logged after the checkpoint we resumed from
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (is_main and cfg.progress_bar),
-                   desc=self.run_dir.name, dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not (is_main and cfg.progress_bar),
+            desc=self.run_dir.name,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         sums: dict[str, torch.Tensor] = {}
         host: dict[str, float] = {}
         count, t_last, last = 0, time.perf_counter(), {}
@@ -339,8 +359,12 @@ class Trainer:
                 values = dict(zip(names, stacked.tolist()))  # the one host sync per interval
                 values.update(host)
                 now = time.perf_counter()
-                values.update(step=self.step, epoch=self.step / steps_per_epoch,
-                              lr=self.lr_at(self.step - 1), steps_per_s=count / (now - t_last))
+                values.update(
+                    step=self.step,
+                    epoch=self.step / steps_per_epoch,
+                    lr=self.lr_at(self.step - 1),
+                    steps_per_s=count / (now - t_last),
+                )
                 if not all(math.isfinite(v) for k, v in values.items() if k.startswith("loss")):
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {values}")
                 logger.log(values)
@@ -361,8 +385,10 @@ class Trainer:
         if self.dist.is_main:
             self.model.eval()
             with torch.no_grad():
-                results = {f"eval/{k}": float(v) for k, v in
-                           self.task.evaluate(self.model, self.ema, self.step, self.run_dir).items()}
+                results = {
+                    f"eval/{k}": float(v)
+                    for k, v in self.task.evaluate(self.model, self.ema, self.step, self.run_dir).items()
+                }
             self.model.train()
             logger.log({"step": self.step, **results})
         if self.dist.world > 1:

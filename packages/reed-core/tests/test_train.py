@@ -1,0 +1,84 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from reed_core.examples.toy2d import Toy2DConfig, ToyTask
+from reed_core.train import CheckpointError, EpochSampler, Trainer, load_checkpoint, read_metrics
+
+
+def tiny(run_dir, steps, **train):
+    cfg = Toy2DConfig(num_examples=512, width=32, depth=3, eval_samples=64, sample_steps=4)
+    return replace(
+        cfg,
+        train=replace(
+            cfg.train,
+            run_dir=str(run_dir),
+            steps=steps,
+            batch_size=32,
+            log_every=1,
+            ckpt_every=3,
+            progress_bar=False,
+            tensorboard=False,
+            **train,
+        ),
+    )
+
+
+def fit(cfg):
+    return Trainer(cfg.train, ToyTask(cfg), experiment_config=cfg)
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_goes(tmp_path):
+    straight = fit(tiny(tmp_path / "a", 6))
+    straight.fit()
+    first = fit(tiny(tmp_path / "b", 3))  # stops (and checkpoints) at step 3
+    first.fit()
+    resumed = fit(tiny(tmp_path / "b", 6))
+    resumed.fit()
+    a = [m for m in read_metrics(tmp_path / "a") if "loss" in m]
+    b = [m for m in read_metrics(tmp_path / "b") if "loss" in m]
+    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
+    for ma, mb in zip(a, b):
+        assert ma["loss"] == mb["loss"], (ma["step"], ma["loss"], mb["loss"])
+    for pa, pb in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    for pa, pb in zip(straight.ema.parameters(), resumed.ema.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+def test_resume_after_a_crash_between_checkpoints_logs_each_step_once(tmp_path):
+    cfg = tiny(tmp_path / "c", 5)
+    trainer = fit(cfg)
+    trainer.fit()  # checkpoints at 3 and 5
+    ckpt = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 5 and ckpt["config"]["train"]["steps"] == 5
+    (tmp_path / "c" / "metrics.jsonl").write_text(
+        (tmp_path / "c" / "metrics.jsonl").read_text() + '{"step": 6, "loss": 1.0}\n'
+    )
+    fit(replace(cfg, train=replace(cfg.train, steps=7))).fit()
+    steps = [m["step"] for m in read_metrics(tmp_path / "c") if "loss" in m]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    cfg = tiny(tmp_path / "d", 3)
+    fit(cfg).fit()
+    path = tmp_path / "d" / "checkpoints" / "last.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="last.pt is corrupt"):
+        fit(replace(cfg, train=replace(cfg.train, steps=4))).fit()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_epoch_sampler_splits_one_global_batch_over_ranks():
+    sampler = EpochSampler(100, 8, seed=3)
+    assert sampler.steps_per_epoch == 12
+    full = sampler.indices(5)
+    parts = [sampler.indices(5, rank, 2) for rank in range(2)]
+    assert sorted(np.concatenate(parts).tolist()) == sorted(full.tolist())
+    epoch0 = np.concatenate([sampler.indices(s) for s in range(12)])
+    assert len(set(epoch0.tolist())) == 96  # no repeats inside an epoch
+    assert not np.array_equal(sampler.indices(0), sampler.indices(12))  # reshuffled each epoch
+    assert np.array_equal(EpochSampler(100, 8, seed=3).indices(13), sampler.indices(13))
