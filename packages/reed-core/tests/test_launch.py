@@ -12,6 +12,8 @@ import pickle
 import cloudpickle
 import pytest
 import submitit
+from submitit.helpers import Checkpointable, DelayedSubmission
+
 from reed_core.launch import (
     ResumableJob,
     SlurmConfig,
@@ -23,7 +25,6 @@ from reed_core.launch import (
     slurm_config_from_args,
     submit,
 )
-from submitit.helpers import Checkpointable, DelayedSubmission
 
 
 def parse(*argv: str) -> argparse.Namespace:
