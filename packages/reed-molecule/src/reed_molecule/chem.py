@@ -95,20 +95,27 @@ def _chem():
     return Chem
 
 
-def mol_to_arrays(mol, vocab: Vocab, conf_id: int = -1, where: str = "molecule"):
-    """RDKit mol with a 3-D conformer and explicit hydrogens -> ``(x, a, c, e)`` arrays."""
+def mol_to_arrays(
+    mol, vocab: Vocab, conf_id: int = -1, where: str = "molecule", add_hs: bool = True, kekulize: bool = True
+):
+    """RDKit mol with a 3-D conformer -> ``(x, a, c, e)`` arrays.
+
+    ``add_hs``: add missing hydrogens (with coordinates); ``kekulize``: turn aromatic bonds into
+    single/double. Generated molecules are read with both off, exactly as written.
+    """
     Chem = _chem()
     if mol is None:
         raise ValueError(f"{where}: RDKit could not read the molecule")
     if mol.GetNumConformers() == 0:
         raise ValueError(f"{where}: molecule has no 3-D conformer")
     mol = Chem.Mol(mol)
-    if any(at.GetNumImplicitHs() > 0 for at in mol.GetAtoms()) and mol.GetNumAtoms() > 0:
+    if add_hs and any(at.GetNumImplicitHs() > 0 for at in mol.GetAtoms()):
         mol = Chem.AddHs(mol, addCoords=True)
-    try:
-        Chem.Kekulize(mol, clearAromaticFlags=True)
-    except Exception as err:  # noqa: BLE001 - RDKit raises several exception types
-        raise ValueError(f"{where}: cannot kekulize ({err})") from err
+    if kekulize:
+        try:
+            Chem.Kekulize(mol, clearAromaticFlags=True)
+        except Exception as err:  # noqa: BLE001 - RDKit raises several exception types
+            raise ValueError(f"{where}: cannot kekulize ({err})") from err
     n = mol.GetNumAtoms()
     if n == 0:
         raise ValueError(f"{where}: molecule has no atoms")

@@ -54,29 +54,40 @@ def hungarian(x1: np.ndarray, x0: np.ndarray) -> np.ndarray:
     return perm
 
 
+def kabsch_batched(x1: np.ndarray, x0: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Rotate each ``x1[b]`` onto ``x0[b]`` (centred, padding zero): ``[B, N, 3] -> [B, N, 3]``."""
+    m = mask[..., None].astype(x1.dtype)
+    H = np.einsum("bni,bnj->bij", x1 * m, x0 * m)  # [B, 3, 3]
+    U, _, Vt = np.linalg.svd(H)
+    d = np.sign(np.linalg.det(np.einsum("bji,bkj->bik", Vt, U)))  # det(V U^T)
+    d[d == 0] = 1.0
+    D = np.zeros_like(H)
+    D[:, 0, 0] = D[:, 1, 1] = 1.0
+    D[:, 2, 2] = d
+    R = np.einsum("bji,bjk,blk->bil", Vt, D, U)  # V D U^T
+    return np.einsum("bij,bnj->bni", R, x1).astype(x1.dtype) * m
+
+
 def align_prior(
     x1: np.ndarray, x0: np.ndarray, mask: np.ndarray, kind: str = "permutation+rotation", rounds: int = 1
 ) -> np.ndarray:
     """Return the prior sample ``x1 [B, N, 3]`` re-ordered and rotated onto ``x0`` (per molecule).
 
-    Both inputs are centred on the real atoms; padding stays zero.
+    Both inputs are centred on the real atoms, which form a prefix of each row; padding stays 0.
     """
     if kind not in OT_KINDS:
         raise ValueError(f"flow.ot: unknown {kind!r}; choose one of {OT_KINDS}")
     if kind == "none":
         return x1
     out = x1.copy()
-    for b in range(x0.shape[0]):
-        n = int(mask[b].sum())
-        if n < 2:
-            continue
-        xb0, xb1 = x0[b, :n], out[b, :n]
-        for _ in range(rounds):
-            if "permutation" in kind:
-                xb1 = xb1[hungarian(xb1, xb0)]
-            if "rotation" in kind:
-                xb1 = xb1 @ kabsch(xb1, xb0).T
-        out[b, :n] = xb1
+    counts = mask.sum(-1)
+    for _ in range(rounds):
+        if "permutation" in kind:
+            for b, n in enumerate(counts.tolist()):
+                if n >= 2:
+                    out[b, :n] = out[b, :n][hungarian(out[b, :n], x0[b, :n])]
+        if "rotation" in kind:
+            out = kabsch_batched(out, x0, mask)
     return out
 
 

@@ -122,7 +122,8 @@ class UniMolEncoder:
 
     dim = 512
 
-    def __init__(self, device: str = "cpu", remove_hs: bool = False):
+    def __init__(self, vocab, device: str = "cpu", remove_hs: bool = False):
+        self.vocab = vocab
         try:
             from unimol_tools import UniMolRepr
         except ImportError as err:
@@ -136,10 +137,7 @@ class UniMolEncoder:
         )
 
     def __call__(self, molecules: Sequence[tuple]) -> torch.Tensor:
-        from reed_molecule.chem import QM9_VOCAB
-
-        vocab = getattr(self, "vocab", QM9_VOCAB)
-        atoms = [[vocab.atoms[i] for i in a] for _, a, _, _ in molecules]
+        atoms = [[self.vocab.atoms[i] for i in a] for _, a, _, _ in molecules]
         coords = [np.asarray(x, np.float64) for x, _, _, _ in molecules]
         out = self.repr.get_repr({"atoms": atoms, "coordinates": coords}, return_atomic_reprs=False)
         return torch.as_tensor(
@@ -167,7 +165,7 @@ class CheckpointEncoder3D:
 TARGET_KINDS = ("chemnet", "descriptors", "morgan", "unimol", "checkpoint:PATH")
 
 
-def make_encoder(kind: str, device: str = "cpu", train_smiles: Sequence[str] | None = None):
+def make_encoder(kind: str, device: str = "cpu", train_smiles: Sequence[str] | None = None, vocab=None):
     """Returns ``(encode, dim, input)`` where ``input`` is ``"smiles"`` or ``"molecule"``."""
     if kind == "chemnet":
         enc = ChemNetEncoder(device)
@@ -180,7 +178,7 @@ def make_encoder(kind: str, device: str = "cpu", train_smiles: Sequence[str] | N
     if kind == "morgan":
         return MorganEncoder(), MORGAN_BITS, "smiles"
     if kind == "unimol":
-        enc = UniMolEncoder(device)
+        enc = UniMolEncoder(vocab, device)
         return enc, enc.dim, "molecule"
     if kind.startswith("checkpoint:"):
         enc = CheckpointEncoder3D(kind.split(":", 1)[1], device)
@@ -202,7 +200,7 @@ def build_target_store(
 
     rows = np.arange(len(arrays)) if rows is None else np.asarray(rows)
     train_smiles = [arrays.smiles[i] for i in arrays.splits.get("train", rows)]
-    encode, dim, kind_in = make_encoder(kind, device, train_smiles)
+    encode, dim, kind_in = make_encoder(kind, device, train_smiles, arrays.vocab)
 
     def batches():
         for s in range(0, len(rows), batch_size):

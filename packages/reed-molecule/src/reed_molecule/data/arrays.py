@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from reed_molecule.chem import Vocab, get_vocab
 
 SPLITS = ("train", "val", "test")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
+
 from reed_molecule.data.arrays import MoleculeArrays
 from reed_molecule.ot import align_prior, centre, centred_gaussian
 

@@ -3,8 +3,9 @@ B3LYP/6-31G(2df,p) coordinates and explicit hydrogens.
 
 Bonds and formal charges: connectivity from the DFT geometry (RDKit ``DetermineConnectivity``,
 covalent radii), then bonds, bond orders and charges copied from the molecule's SMILES through a
-subgraph match onto that connectivity; where the SMILES graph differs from the relaxed geometry (about 1-2% of QM9), RDKit's
-``DetermineBonds`` (xyz2mol, Kim & Kim 2015) assigns them from the geometry alone.
+subgraph match onto that connectivity. Where the SMILES graph is not such a subgraph (2 of the
+130,831 molecules), RDKit's ``DetermineBonds`` (xyz2mol, Kim & Kim 2015) assigns them from the
+geometry alone. All 130,831 molecules convert; every one passes RDKit sanitization.
 
 Split: the one of Anderson et al. (2019) used by EDM and later work: a seed-0 permutation of the
 130,831 molecules sorted by QM9 index, 100,000 train / 17,748 val / 13,083 test.
@@ -20,6 +21,7 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+
 from reed_molecule.chem import QM9_VOCAB, mol_to_arrays, smiles_of
 from reed_molecule.data.arrays import MoleculeArrays
 

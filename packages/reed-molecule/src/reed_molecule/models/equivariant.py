@@ -178,6 +178,14 @@ class EquivariantDenoiser(nn.Module):
         return self.cfg.scalars
 
     def forward(self, x, a, c, e, mask, tau, self_cond=None):
+        # e3nn's fx-generated kernels cannot mix dtypes, so the network runs in float32 even
+        # under a bf16 autocast (TF32 matmuls on GPU keep it fast).
+        with torch.autocast(x.device.type, enabled=False):
+            if self_cond is not None:
+                self_cond = tuple(t.float() for t in self_cond)
+            return self._forward(x.float(), a, c, e, mask, tau.float(), self_cond)
+
+    def _forward(self, x, a, c, e, mask, tau, self_cond):
         # x [B,N,3]  a,c [B,N] long  e [B,N,N] long  mask [B,N] bool  tau [B]
         cfg = self.cfg
         B, N, _ = x.shape
