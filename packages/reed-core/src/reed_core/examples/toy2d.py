@@ -53,8 +53,8 @@ class Toy2DConfig:
     width: int = 128
     depth: int = 4
     aligned: bool = True
-    align_depth: int = 2
-    align_weight: float = 0.5
+    align_depth: int = 1
+    align_weight: float = 2.0
     z_dim: int = 16
     diffusion_warmup: int = 100  # steps of w_diff warm-up (0: none)
     eval_samples: int = 2048
