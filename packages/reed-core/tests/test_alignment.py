@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from reed_core.alignment import (
     AlignmentTarget,
     MultiLatentAligner,

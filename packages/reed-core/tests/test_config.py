@@ -1,6 +1,7 @@
 from dataclasses import dataclass, field
 
 import pytest
+
 from reed_core.alignment import AlignmentTarget
 from reed_core.config import ConfigError, load_config, load_config_file, save_config
 from reed_core.curriculum import CurriculumConfig

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from reed_core.decomposition import AlphaSpec, hybrid_logits, hybrid_mean
 
 SPECS = [

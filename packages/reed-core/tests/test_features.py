@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from reed_core.features import FeatureStore, FeatureStoreError, FeatureStoreWriter, build_feature_store
 
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from reed_core.alignment import AlignmentTarget, AlignmentTerm
 from reed_core.curriculum import Curriculum, CurriculumConfig
 from reed_core.objective import ReedObjective, per_sample_mean

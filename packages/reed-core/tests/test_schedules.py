@@ -1,6 +1,7 @@
 import math
 
 import pytest
+
 from reed_core import schedules as S
 
 

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+
 from reed_core.alignment import AlignmentTarget
 from reed_core.model import ReedModel
 from reed_core.taps import FeatureTaps, resolve_depth

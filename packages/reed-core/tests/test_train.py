@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+
 from reed_core.examples.toy2d import Toy2DConfig, ToyTask
 from reed_core.train import CheckpointError, EpochSampler, Trainer, load_checkpoint, read_metrics
 
