@@ -117,13 +117,14 @@ def valid_smiles_of(molecules: Iterable, vocab: Vocab) -> list[str]:
 
 
 def frechet_chemnet_distance(
-    gen_smiles: list[str], ref: list[str] | dict, device: str = "cpu", n_jobs: int = 1
+    gen_smiles: list[str], ref: list[str] | dict, device: str = "cpu", chemnet=None
 ) -> float:
     """FCD between generated SMILES and reference SMILES (or precomputed ``{'mu', 'sigma'}``)."""
-    from reed_molecule.targets import load_fcd
+    from reed_molecule.targets import ChemNet, frechet_distance
 
-    fcd = load_fcd(device=device, n_jobs=n_jobs)
     if len(gen_smiles) < 2:
         return float("nan")
-    pref = ref if isinstance(ref, dict) else fcd.precalc(ref)
-    return float(fcd(gen=gen_smiles, pref=pref))
+    chemnet = chemnet or ChemNet(device)
+    pref = ref if isinstance(ref, dict) else chemnet.stats(ref)
+    pgen = chemnet.stats(gen_smiles)
+    return frechet_distance(pgen["mu"], pgen["sigma"], pref["mu"], pref["sigma"])

@@ -30,7 +30,7 @@ MORGAN_BITS = 2048
 
 
 def load_fcd(device: str = "cpu", n_jobs: int = 1, model_path: str | None = None):
-    """fcd-torch's ``FCD`` object (holds the pretrained ChemNet)."""
+    """fcd-torch's ``FCD`` object (holds the pretrained ChemNet on the CPU)."""
     try:
         from fcd_torch import FCD
     except ImportError as err:
@@ -52,18 +52,62 @@ def check_smiles(smiles: Sequence[str], where: str = "smiles") -> list[str]:
     return out
 
 
+class ChemNet:
+    """The pretrained ChemNet of fcd-torch, kept on ``device``: penultimate activations [B, 512].
+
+    (fcd-torch's own ``get_predictions``/``calculate_frechet_distance`` call ``np.row_stack`` and
+    ``sqrtm(disp=...)``, which newer NumPy/SciPy removed; the network and tokenizer are reused.)
+    """
+
+    dim = CHEMNET_DIM
+
+    def __init__(self, device: str = "cpu", batch_size: int = 512, model_path: str | None = None):
+        self.model = load_fcd("cpu", model_path=model_path).model.to(device).eval()
+        self.device, self.batch_size = device, batch_size
+
+    @torch.no_grad()
+    def activations(self, smiles: Sequence[str], where: str = "smiles") -> np.ndarray:
+        from fcd_torch.utils import SmilesDataset
+
+        smiles = check_smiles(smiles, where)
+        if not smiles:
+            return np.zeros((0, self.dim), np.float32)
+        loader = torch.utils.data.DataLoader(
+            SmilesDataset(smiles, canonize=False), batch_size=self.batch_size
+        )
+        out = [self.model(b.transpose(1, 2).float().to(self.device)).float().cpu().numpy() for b in loader]
+        return np.concatenate(out, 0)
+
+    def stats(self, smiles: Sequence[str]) -> dict[str, np.ndarray]:
+        act = self.activations(smiles).astype(np.float64)
+        return {"mu": act.mean(0), "sigma": np.cov(act.T)}
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` (Frechet distance of two Gaussians)."""
+    from scipy import linalg
+
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    covmean = covmean[0] if isinstance(covmean, tuple) else covmean
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+        covmean = covmean[0] if isinstance(covmean, tuple) else covmean
+    covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
 class ChemNetEncoder:
     """``encode(smiles [B]) -> z [B, 512]`` with the pretrained ChemNet."""
 
     dim = CHEMNET_DIM
 
     def __init__(self, device: str = "cpu", batch_size: int = 512):
-        self.fcd = load_fcd(device=device)
-        self.fcd.batch_size = batch_size
+        self.net = ChemNet(device, batch_size)
 
     def __call__(self, smiles: Sequence[str]) -> torch.Tensor:
-        smiles = check_smiles(smiles)
-        return torch.from_numpy(np.asarray(self.fcd.get_predictions(smiles), dtype=np.float32))
+        return torch.from_numpy(self.net.activations(smiles))
 
 
 class DescriptorEncoder:

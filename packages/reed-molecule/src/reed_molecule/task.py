@@ -195,11 +195,10 @@ class MoleculeTask:
 
     def fcd(self, smiles: list[str], device: str) -> float:
         """FCD to the eval split; ChemNet and the reference statistics are loaded once."""
-        from reed_molecule.targets import load_fcd
+        from reed_molecule.metrics import frechet_chemnet_distance
+        from reed_molecule.targets import ChemNet
 
-        if getattr(self, "_fcd", None) is None:
-            self._fcd = load_fcd(device=device)
-            self._fcd_ref = self._fcd.precalc(self.ref_smiles)
-        if len(smiles) < 2:
-            return float("nan")
-        return float(self._fcd(gen=smiles, pref=self._fcd_ref))
+        if getattr(self, "_chemnet", None) is None:
+            self._chemnet = ChemNet(device)
+            self._fcd_ref = self._chemnet.stats(self.ref_smiles)
+        return frechet_chemnet_distance(smiles, self._fcd_ref, chemnet=self._chemnet)
