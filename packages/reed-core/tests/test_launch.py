@@ -7,6 +7,7 @@ tests/test_slurm.py, against the local cluster of tools/slurm_local.sh.
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 
 import cloudpickle
@@ -228,13 +229,13 @@ def test_launch_or_run_needs_a_run_dir():
 
 
 def _record_env(tag: str) -> dict:
-    import os
-
     keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     return {"tag": tag, **{k: os.environ.get(k) for k in keys}}
 
 
 def _slurm_task_env(monkeypatch, ntasks: int, procid: int):
+    # the job exports into os.environ itself: give it a copy, so nothing leaks into later tests
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
@@ -261,8 +262,10 @@ def test_job_exports_torch_distributed_env_under_several_tasks(monkeypatch):
     assert env["MASTER_ADDR"] == "node07" and env["MASTER_PORT"] is not None
 
 
-def test_job_leaves_single_task_env_alone(monkeypatch):
+def test_single_task_job_drops_inherited_torch_distributed_env(monkeypatch):
     _slurm_task_env(monkeypatch, ntasks=1, procid=0)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # from a torchrun shell that submitted the job
+    monkeypatch.setenv("RANK", "3")
     env = ResumableJob(_record_env)("y")
     assert env["RANK"] is None and env["WORLD_SIZE"] is None
 

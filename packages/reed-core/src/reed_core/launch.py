@@ -54,6 +54,16 @@ FLAG_OF_FIELD = {
 }
 
 
+TORCH_DISTRIBUTED_VARS = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+)
+
+
 class SlurmConfigError(ValueError):
     """A bad Slurm setting; ``str(err)`` starts with the field (or flag) it concerns."""
 
@@ -210,6 +220,9 @@ class ResumableJob(Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(
                 set_cuda_visible_devices=False, overwrite=True
             )
+        else:  # sbatch exports the submitting shell's environment; a single task is no DDP group
+            for key in TORCH_DISTRIBUTED_VARS:
+                os.environ.pop(key, None)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         if restarts and env.global_rank == 0:
             print(f"[reed.launch] job {env.job_id} restarted ({restarts}x); resuming", flush=True)
