@@ -1,0 +1,50 @@
+"""Train SiT with REED (or vanilla / single-target) on images through reed-core's Trainer.
+
+    python -m reed_image.train --preset quickstart                  # 2-core CPU, a few minutes
+    python -m reed_image.train --preset fmnist-reed train.steps=4000
+    python -m reed_image.train --preset imagenet-reed data.path=latents.npz --slurm \\
+        --slurm-partition gpu --slurm-gpus-per-node 8 --slurm-time 2880
+
+Targets missing a feature store are precomputed once (``RUN_DIR/features/<name>``) before the
+first step. The resolved config is saved as ``RUN_DIR/config.yaml``; a run resumes from
+``RUN_DIR/checkpoints/last.pt``; samples go to ``RUN_DIR/samples``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from typing import Any
+
+from reed_core.config import add_config_args, config_from_args
+from reed_core.launch import add_slurm_args, launch_or_run
+from reed_core.train import Trainer
+from reed_image.configs import PRESETS, ImageConfig
+from reed_image.task import ImageTask
+
+
+def run(cfg: ImageConfig) -> dict[str, float]:
+    task = ImageTask(cfg)
+    result = Trainer(cfg.train, task, experiment_config=cfg).fit()
+    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))}), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> Any:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p, PRESETS)
+    p.add_argument("--run-dir", default=None, help="shorthand for train.run_dir=DIR")
+    p.add_argument("--steps", type=int, default=None, help="shorthand for train.steps=N")
+    add_slurm_args(p)
+    args = p.parse_args(argv)
+    cfg = config_from_args(ImageConfig, PRESETS, args)
+    if args.run_dir is not None:
+        cfg = replace(cfg, train=replace(cfg.train, run_dir=args.run_dir))
+    if args.steps is not None:
+        cfg = replace(cfg, train=replace(cfg.train, steps=args.steps))
+    return launch_or_run(run, cfg, args)
+
+
+if __name__ == "__main__":
+    main()
