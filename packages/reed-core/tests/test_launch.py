@@ -212,7 +212,7 @@ def test_launch_or_run_dry_run_prints_and_does_not_run(tmp_path, capsys):
     assert calls == []
     assert "#SBATCH --time=3" in capsys.readouterr().out
     # the submitit folder defaults to the run folder, so logs sit next to the checkpoints
-    assert sbatch_lines(script)["output"].startswith(str(tmp_path / "run" / "slurm"))
+    assert sbatch_lines(script)["output"] == str(tmp_path / "run" / "slurm" / "%j" / "%j_0_log.out")
 
 
 def test_launch_or_run_bad_flag_exits_with_the_flag(capsys):

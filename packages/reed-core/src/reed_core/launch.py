@@ -174,7 +174,9 @@ def add_slurm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--slurm-qos", metavar="NAME", help="quality of service")
     g.add_argument("--slurm-job-name", metavar="NAME", help="job name (default: reed)")
     g.add_argument(
-        "--slurm-folder", metavar="DIR", help="submitit folder for pickles and logs (default: RUN_DIR/slurm)"
+        "--slurm-folder",
+        metavar="DIR",
+        help="submitit folder for pickles and logs; %%j is the job id (default: RUN_DIR/slurm/%%j)",
     )
     return parser
 
@@ -313,7 +315,7 @@ def launch_or_run(
     ``--slurm-dry-run``). Domain CLIs call this after resolving ``cfg``.
 
     The run folder (``run_dir`` or found in ``cfg``) must be set: a requeued job resumes from its
-    checkpoint there. The submitit folder defaults to ``RUN_DIR/slurm``. Returns ``main_fn``'s
+    checkpoint there. The submitit folder defaults to ``RUN_DIR/slurm/%j``. Returns ``main_fn``'s
     result, the submitted job, or the dry-run script. Bad flags exit with a message naming them.
     """
     try:
@@ -329,7 +331,7 @@ def launch_or_run(
             "resumes from its checkpoint there"
         )
     if slurm_cfg.folder is None:
-        slurm_cfg = dataclasses.replace(slurm_cfg, folder=str(Path(run_dir) / "slurm"))
+        slurm_cfg = dataclasses.replace(slurm_cfg, folder=str(Path(run_dir) / "slurm" / "%j"))
     dry_run = bool(getattr(args, "slurm_dry_run", False))
     job = submit(main_fn, (cfg,), slurm_cfg, dry_run=dry_run)
     if not dry_run:
