@@ -68,6 +68,7 @@ def test_tasks_per_node_defaults_to_one_per_gpu():
         ({"account": "a b"}, "account"),
         ({"extra": {"--mail-type": "END"}}, "extra"),
         ({"extra": ["exclusive"]}, "extra"),
+        ({"max_timeouts": 0}, "max_timeouts"),
     ],
 )
 def test_bad_config_names_the_field(kwargs, field):
@@ -184,6 +185,30 @@ def test_dry_run_matches_what_submitit_submits(tmp_path, monkeypatch):
     executor.update_parameters(**sbatch_parameters(cfg))
     expected = executor._make_submission_file_text(executor._submitit_command_str, "uid")
     assert sbatch_script(cfg) == expected
+
+
+def test_submit_pickles_a_requeueable_job(tmp_path, monkeypatch):
+    """submit() end to end against stand-in sbatch/srun: the script it hands to sbatch is the dry
+    run's, and the pickled call is the checkpointable wrapper with the requeue budget."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n'
+    )
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cfg = SlurmConfig(time_min=7, max_timeouts=5, folder=str(tmp_path / "sub" / "%j"))
+
+    job = submit(sbatch_script, (cfg,), cfg)
+
+    assert job.job_id == "4242"
+    assert (tmp_path / "submitted.sh").read_text() == sbatch_script(cfg)
+    delayed = DelayedSubmission.load(tmp_path / "sub" / "4242" / "4242_submitted.pkl")
+    assert isinstance(delayed.function, ResumableJob) and delayed.function.fn is sbatch_script
+    assert delayed.args == (cfg,)
+    assert delayed._timeout_min == 7 and delayed._timeout_countdown == 5
 
 
 def test_submit_needs_a_folder():

@@ -80,7 +80,9 @@ class SlurmConfig:
     ``tasks_per_node`` defaults to ``gpus_per_node`` (one task per GPU, DDP) or 1 without GPUs.
     ``folder`` holds submitit's pickles and the job logs (``%j`` expands to the job id); ``None``
     lets :func:`launch_or_run` put it in the run folder. ``extra`` adds any other ``sbatch``
-    option, e.g. ``{"exclusive": True, "mail-type": "END"}``.
+    option, e.g. ``{"exclusive": True, "mail-type": "END"}``. A run longer than ``time_min``
+    continues over up to ``max_timeouts`` requeues (submitit's default of 3 would end a long
+    training early); each resumes from the last checkpoint.
     """
 
     partition: str | None = None
@@ -96,9 +98,10 @@ class SlurmConfig:
     folder: str | None = None
     constraint: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    max_timeouts: int = 30  # requeues after reaching the time limit (preemptions are not counted)
 
     def __post_init__(self) -> None:
-        for name in ("nodes", "time_min"):
+        for name in ("nodes", "time_min", "max_timeouts"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("gpus_per_node", self.gpus_per_node, minimum=0)
         for name in ("cpus_per_task", "tasks_per_node"):
@@ -292,7 +295,7 @@ def submit(
         return script
     if shutil.which("sbatch") is None:
         raise RuntimeError("--slurm: sbatch not found; is this a Slurm login node?")
-    executor = submitit.SlurmExecutor(folder=_folder(slurm_cfg))
+    executor = submitit.SlurmExecutor(folder=_folder(slurm_cfg), max_num_timeout=slurm_cfg.max_timeouts)
     executor.update_parameters(**sbatch_parameters(slurm_cfg))
     return executor.submit(ResumableJob(fn), *args)
 
