@@ -90,7 +90,7 @@ write_configs() {
     cat >"$CONF_DIR/slurm.conf" <<EOF
 $MARKER
 ClusterName=$CLUSTER
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=cred_expire=10
@@ -115,7 +115,7 @@ ReturnToService=2
 MpiDefault=none
 MailProg=/bin/true
 $overrides
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
     (
