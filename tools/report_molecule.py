@@ -94,6 +94,7 @@ def plot(base: dict[int, dict], reed: dict[int, dict], path: str) -> None:
             steps = sorted(curve)
             ax.plot(steps, [100 * curve[s].get(key, float("nan")) for s in steps], style, ms=3, label=name)
         ax.set_title(key.replace("_", " "))
+        ax.set_ylim(0, 101 if key in ("uniqueness", "atom_stability", "validity") else None)
         ax.set_xlabel("training step")
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
