@@ -320,6 +320,8 @@ class Trainer:
         cfg, is_main = self.cfg, self.dist.is_main
         if cfg.resume and self.ckpt_path.exists():
             self.load_state_dict(load_checkpoint(self.ckpt_path, self.device))
+            if is_main:
+                print(f"resumed from {self.ckpt_path} at step {self.step}", flush=True)
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.experiment_config, self.run_dir / "config.yaml")
