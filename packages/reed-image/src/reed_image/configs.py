@@ -157,12 +157,20 @@ def imagenet_reed() -> ImageConfig:
     )
 
 
+def _fmnist_targets(vision: bool, caption: bool) -> dict[str, TargetConfig]:
+    """Both targets are always listed (so overrides address them); presets switch them on/off."""
+    return {
+        "vision": vision_target(4, encoder="efficientnet-lite0", input_size=256, weight=0.5, enabled=vision),
+        "caption": caption_target(8, encoder="minilm", weight=0.25, enabled=caption),
+    }
+
+
 def fmnist_vanilla() -> ImageConfig:
-    """SiT-S/2 on Fashion-MNIST padded to 32x32 (16x16 = 256 tokens), no alignment."""
+    """SiT-S/2 on Fashion-MNIST padded to 32x32 (16x16 = 256 tokens), alignment off."""
     return ImageConfig(
         model=SiTConfig(arch="SiT-S/2", input_size=32, in_channels=1, num_classes=10),
         data=DataConfig(source="fashion-mnist", resolution=32, fit="pad"),
-        objective=ObjectiveConfig(targets={}),
+        objective=ObjectiveConfig(targets=_fmnist_targets(vision=False, caption=False)),
         train=TrainConfig(
             run_dir="runs/fmnist-vanilla",
             steps=4000,
@@ -181,19 +189,12 @@ def fmnist_vanilla() -> ImageConfig:
     )
 
 
-def _fmnist_targets(caption: bool) -> dict[str, TargetConfig]:
-    targets = {"vision": vision_target(4, encoder="efficientnet-lite0", input_size=256, weight=0.5)}
-    if caption:
-        targets["caption"] = caption_target(8, encoder="minilm", weight=0.25)
-    return targets
-
-
 def fmnist_repa() -> ImageConfig:
     """One vision target (ImageNet-pretrained EfficientNet-Lite0 head tokens at block 4): REPA-like."""
     cfg = fmnist_vanilla()
     return replace(
         cfg,
-        objective=replace(cfg.objective, targets=_fmnist_targets(caption=False)),
+        objective=replace(cfg.objective, targets=_fmnist_targets(vision=True, caption=False)),
         train=replace(cfg.train, run_dir="runs/fmnist-repa"),
     )
 
@@ -205,7 +206,9 @@ def fmnist_reed() -> ImageConfig:
     curriculum = CurriculumConfig(w_diff=linear_warmup(0, 200), w_align=constant())
     return replace(
         cfg,
-        objective=replace(cfg.objective, targets=_fmnist_targets(caption=True), curriculum=curriculum),
+        objective=replace(
+            cfg.objective, targets=_fmnist_targets(vision=True, caption=True), curriculum=curriculum
+        ),
         train=replace(cfg.train, run_dir="runs/fmnist-reed"),
     )
 

@@ -1,0 +1,161 @@
+"""Throughput of one REED training step for SiT on SD-VAE-shaped latents (one GPU).
+
+    python tools/bench_image.py                          # SiT-XL/2, batch 64, 32x32x4, 2 targets
+    python tools/bench_image.py --arch SiT-B/2 --no-compile
+    python tools/bench_image.py --tiny --device cpu --steps 3 --warmup 1   # CPU smoke test
+
+The step is the real one: ``ImageTask.batch`` + ``Trainer.train_step`` (bf16 autocast,
+``torch.compile``, fused AdamW, foreach EMA, grad clipping, no host sync inside the step), with two
+alignment targets streamed from reed-core feature stores held in GPU memory: DINOv2-B-shaped patch
+tokens (256 x 768, block 8, token-wise) and a caption embedding (384-d, block 16, mean-pooled).
+Latents, labels and target features are random (throughput does not depend on their values).
+
+Prints images/s, peak memory and the achieved TFLOP/s of the transformer blocks' matmuls
+(QKV, attention scores and values, output projection, MLP; forward x3 for forward + backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reed_core.features import FeatureStoreWriter
+from reed_core.train import Trainer
+from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
+from reed_image.models.sit import SiTConfig
+
+
+def block_matmul_flops(depth: int, hidden: int, tokens: int, mlp_ratio: float = 4.0) -> float:
+    """Forward FLOPs (2 per multiply-add) of the blocks' matmuls for one image."""
+    D, N = hidden, tokens
+    qkv, proj, mlp = 2 * N * D * 3 * D, 2 * N * D * D, 2 * 2 * N * D * int(mlp_ratio * D)
+    attn = 2 * 2 * N * N * D  # Q K^T and A V
+    adaln = 2 * D * 6 * D  # once per image, not per token
+    return depth * (qkv + proj + mlp + attn + adaln)
+
+
+def write_fixtures(root: Path, n: int, latent: int, channels: int, dims: dict[str, tuple[int, int]]):
+    g = np.random.default_rng(0)
+    ids = [f"img{i:06d}" for i in range(n)]
+    moments = np.concatenate(
+        [g.standard_normal((n, channels, latent, latent)), np.full((n, channels, latent, latent), 0.1)],
+        axis=1,
+    ).astype(np.float16)
+    np.savez(
+        root / "latents.npz",
+        moments=moments,
+        labels=g.integers(0, 1000, n),
+        ids=np.array(ids),
+        class_names=np.array([str(i) for i in range(1000)]),
+        scaling_factor=np.float32(0.18215),
+        vae=np.array("random"),
+    )
+    for name, (L, D) in dims.items():
+        with FeatureStoreWriter(root / name, name, (D,), "float16", shard_size=n) as w:
+            for i in ids:
+                w.add(i, g.standard_normal((L, D), dtype=np.float32))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="SiT-XL/2")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=30, help="timed steps")
+    p.add_argument("--warmup", type=int, default=8, help="untimed steps (compilation)")
+    p.add_argument("--examples", type=int, default=1024, help="size of the fixture data set")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--tiny", action="store_true", help="tiny widths (CPU smoke test)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+
+    base = imagenet_reed()
+    model = SiTConfig(arch=args.arch, input_size=32, in_channels=4, num_classes=1000)
+    if args.tiny:
+        model = replace(model, depth=4, hidden_size=64, num_heads=4)
+    depth = model.resolved()[0]
+    vision_depth, caption_depth = (1, 2) if args.tiny else (8, 16)
+    dims = {"vision": (256, 768), "caption": (1, 384)}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_fixtures(root, args.examples, 32, 4, dims)
+        t = base.objective.targets
+        targets = {
+            "vision": replace(t["vision"], store=str(root / "vision"), location="device", depth=vision_depth),
+            "caption": replace(
+                t["caption"], store=str(root / "caption"), location="device", depth=caption_depth
+            ),
+        }
+        cfg = replace(
+            base,
+            model=model,
+            data=DataConfig(source="latents", path=str(root / "latents.npz"), on_device=True),
+            objective=replace(base.objective, targets=targets),
+            train=replace(
+                base.train,
+                run_dir=str(root / "run"),
+                batch_size=args.batch,
+                compile=not args.no_compile,
+                device=args.device,
+                steps=10**9,
+                progress_bar=False,
+                tensorboard=False,
+            ),
+            eval=EvalConfig(metrics=False),
+        )
+        from reed_image.task import ImageTask
+
+        task = ImageTask(cfg)
+        trainer = Trainer(cfg.train, task, experiment_config=cfg)
+        n_params = sum(p.numel() for p in task.denoiser.parameters())
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+        t0 = time.perf_counter()
+        for step in range(args.warmup):
+            trainer.step = step
+            out = trainer.train_step(task.batch(step, 0, 1, device))
+        sync()
+        compile_s = time.perf_counter() - t0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for step in range(args.warmup, args.warmup + args.steps):
+            trainer.step = step
+            out = trainer.train_step(task.batch(step, 0, 1, device))
+        sync()
+        elapsed = time.perf_counter() - t0
+        loss = float(out.loss.detach())
+
+    images_per_s = args.steps * args.batch / elapsed
+    flops = 3 * block_matmul_flops(depth, task.denoiser.hidden_size, task.denoiser.num_tokens)
+    result = {
+        "arch": args.arch + (" (tiny)" if args.tiny else ""),
+        "params_M": round(n_params / 1e6, 1),
+        "batch": args.batch,
+        "compile": not args.no_compile,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "images_per_s": round(images_per_s, 1),
+        "step_ms": round(1000 * elapsed / args.steps, 2),
+        "peak_memory_GiB": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        if device.type == "cuda"
+        else None,
+        "block_matmul_TFLOP_per_s": round(flops * images_per_s / 1e12, 1),
+        "warmup_s": round(compile_s, 1),
+        "final_loss": round(loss, 4),
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
