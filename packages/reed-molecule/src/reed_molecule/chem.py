@@ -166,7 +166,11 @@ def valences(a, c, e) -> np.ndarray:
 
 
 def smiles_of(mol, largest_fragment: bool = False) -> str | None:
-    """Canonical heavy-atom SMILES of a sanitizable mol, else ``None``."""
+    """Canonical heavy-atom SMILES (no stereo tags) of a sanitizable mol, else ``None``.
+
+    Stereo is dropped so that a molecule read from an SDF (stereo perceived from 3-D) and the
+    same graph built from arrays (no stereo) give the same string for uniqueness and novelty.
+    """
     Chem = _chem()
     try:
         m = Chem.Mol(mol)
@@ -174,6 +178,6 @@ def smiles_of(mol, largest_fragment: bool = False) -> str | None:
         if largest_fragment:
             frags = Chem.GetMolFrags(m, asMols=True, sanitizeFrags=False)
             m = max(frags, key=lambda f: f.GetNumAtoms())
-        return Chem.MolToSmiles(Chem.RemoveHs(m))
+        return Chem.MolToSmiles(Chem.RemoveHs(m), isomericSmiles=False)
     except Exception:  # noqa: BLE001
         return None

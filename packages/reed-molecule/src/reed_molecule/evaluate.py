@@ -86,8 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
             )
         )
     else:
-        vocab = get_vocab(args.vocab)
-        mols = sdf_molecules(args.sdf, vocab)
+        try:
+            vocab = get_vocab(args.vocab)
+            mols = sdf_molecules(args.sdf, vocab)
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f"error: {err}") from err
     train_smiles, ref = None, None
     if args.data:
         from reed_molecule.data.arrays import MoleculeArrays

@@ -65,13 +65,18 @@ def main(argv: list[str] | None = None):
     p.add_argument("--batch-size", type=int, default=512)
     args = p.parse_args(argv)
     ckpt = args.checkpoint or str(Path(args.run_dir) / "checkpoints" / "last.pt")
-    denoiser, cfg, vocab, counts = load_run(ckpt, args.device, use_ema=not args.raw)
-    if args.num_atoms is not None:
-        num_atoms = counts.check(parse_num_atoms(args.num_atoms), "--num-atoms")
-    else:
-        if args.num < 1:
-            raise SystemExit(f"error: --num: must be >= 1, got {args.num}")
-        num_atoms = counts.sample(args.num, np.random.default_rng(args.seed))
+    try:
+        denoiser, cfg, vocab, counts = load_run(ckpt, args.device, use_ema=not args.raw)
+        if args.num_atoms is not None:
+            num_atoms = counts.check(parse_num_atoms(args.num_atoms), "--num-atoms")
+        else:
+            if args.num < 1:
+                raise ValueError(f"--num: must be >= 1, got {args.num}")
+            num_atoms = counts.sample(args.num, np.random.default_rng(args.seed))
+        if args.steps < 1:
+            raise ValueError(f"--steps: must be >= 1, got {args.steps}")
+    except (ValueError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}") from err
     mols = sample_molecules(
         denoiser,
         num_atoms,
