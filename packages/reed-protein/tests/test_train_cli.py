@@ -175,3 +175,32 @@ def test_checkpoint_store_shapes(trained):
     assert store.meta.shape == (30, 128)
     state = torch.load(root / "reed" / "checkpoints" / "last.pt", weights_only=False)
     assert any(k.startswith("aligner.projectors.pair") for k in state["model"])
+
+
+def test_slurm_dry_run_prints_sbatch_script(tmp_path, capsys):
+    script = train_main(
+        [
+            "--preset",
+            "tiny",
+            "--slurm",
+            "--slurm-dry-run",
+            "--slurm-partition",
+            "gpu",
+            "--slurm-gpus-per-node",
+            "1",
+            f"train.run_dir={tmp_path / 'run'}",
+        ]
+    )
+    text = script if isinstance(script, str) else capsys.readouterr().out
+    assert "#SBATCH" in text and "gpu" in text
+
+
+def test_esmfold_offline_is_skipped_with_a_clear_message():
+    import importlib.util
+
+    from reed_protein.metrics import ESMFold, ESMFoldUnavailable
+
+    if importlib.util.find_spec("openfold") is not None:
+        pytest.skip("ESMFold's dependencies are installed; loading would download weights")
+    with pytest.raises(ESMFoldUnavailable, match="ESMFold is unavailable.*skipped"):
+        ESMFold("cpu")

@@ -214,7 +214,7 @@ def _ideal_oxygen(CA: np.ndarray, C: np.ndarray, N_next: np.ndarray | None) -> n
     return (C + 1.23 * u).astype(np.float32)
 
 
-def _chain_backbone(atoms, chain: str, where: str):
+def _chain_backbone(atoms, chain: str):
     """Residues of one chain -> (X [L,4,3], letters, res_ids, ins_codes, notes); L may be 0."""
     import biotite.structure as struc
 
@@ -305,7 +305,7 @@ def read_chains(path: str | Path, chains: Sequence[str] | None = None, min_lengt
     skipped = []
     for chain in chain_ids:
         name = chain or BLANK_CHAIN
-        X, letters, res_ids, notes = _chain_backbone(atoms[atoms.chain_id == chain], name, str(path))
+        X, letters, res_ids, notes = _chain_backbone(atoms[atoms.chain_id == chain], name)
         if len(X) < max(min_length, 1):
             if chains is not None:
                 what = (
