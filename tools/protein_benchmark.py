@@ -1,8 +1,8 @@
 """Steps of the protein benchmark (baseline vs REED on the offline split); see protein_benchmark.sh.
 
-    python tools/protein_benchmark.py stores --data offline.npz --out /tmp/targets
-    python tools/protein_benchmark.py plan --data offline.npz --stores /tmp/targets \\
-        --seconds 380 --out /tmp/configs
+    python tools/protein_benchmark.py stores --data offline.npz --out work/targets
+    python tools/protein_benchmark.py plan --data offline.npz --stores work/targets \\
+        --seconds 380 --out work/configs
 
 ``stores`` precomputes the pretrained ProteinMPNN encoder's node (structure) and edge (pair)
 features of every chain into reed-core feature stores. ``plan`` times training steps of both

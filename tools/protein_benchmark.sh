@@ -14,7 +14,7 @@ CARRY=${1:-.carry/protein}
 OUT=${2:-runs/protein/benchmark}
 TRAIN_SECONDS=${3:-360}
 PY=${PYTHON:-python3}
-WORK=${WORK:-/tmp/reed_protein_benchmark}
+WORK=${WORK:-${TMPDIR:-/tmp}/reed_protein_benchmark}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="packages/reed-core/src:packages/reed-protein/src:$CARRY/site${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT" "$WORK"
