@@ -101,6 +101,7 @@ def test_cli_train_sample_evaluate(qm9_small_path, tmp_path, capsys):
             "--run-dir",
             str(run),
             "train.steps=2",
+            "model.self_condition=true",
         ]
     )
     sdf = tmp_path / "gen.sdf"
