@@ -7,7 +7,11 @@
 # and an evaluation classifier (CLASSIFIER; trained here on the GPU when the file is missing).
 # Builds the two feature stores once (EfficientNet-Lite0 tokens on the GPU from the carried weight
 # file; caption store from the carried MiniLM table), then trains the variants as parallel
-# processes with the same model, data, seed and budget. Shared targets stay in host memory.
+# processes with the same model, data, seed and budget. Target tables are gathered on the GPU
+# (LOCATION=device, 9.8 GB per process that aligns to the vision tokens); LOCATION=host keeps them
+# in RAM and copies each batch through pinned memory. The first GPU run with LOCATION=host and
+# unlimited CPU threads ran the aligned variants at ~1 step/s (vanilla: ~20/s); see
+# docs/results/image.md. Each trainer gets OMP_NUM_THREADS=2.
 # Writes results.json, results.md, image_fd.png, experiment.log and runs.tgz (logs, metrics,
 # evaluations, configs and sample grids of every variant) into $OUT; at most 8 files come back
 # from the GPU machine, so everything else is packed into runs.tgz.
@@ -31,10 +35,12 @@ export PYTHONPATH="packages/reed-core/src:packages/reed-image/src:$CARRY/pylib${
 mkdir -p "$OUT" "$WORK" "$FINAL"
 
 DATA="data.path=$CARRY/fashion-mnist"
+LOCATION=${LOCATION:-device}  # where training keeps the target tables (device: GPU gather)
 TARGETS="objective.targets.vision.store=$WORK/features/vision \
  objective.targets.vision.checkpoint=$CARRY/efficientnet-lite0.pth \
  objective.targets.caption.store=$WORK/features/caption \
- objective.targets.caption.encoder=table:$CARRY/captions.npz"
+ objective.targets.caption.encoder=table:$CARRY/captions.npz \
+ objective.targets.vision.location=$LOCATION objective.targets.caption.location=$LOCATION"
 
 if [ ! -f "$CLASSIFIER" ]; then
   CLASSIFIER=$OUT/fmnist-classifier-32.pt
@@ -55,7 +61,7 @@ for v in $VARIANTS; do
   case $v in
     reed-nowarmup) preset=fmnist-reed; extra="objective.curriculum.w_diff.kind=constant" ;;
   esac
-  timeout "$TRAIN_TIMEOUT" $PY -m reed_image.train --preset "$preset" $DATA $TARGETS $extra $EXTRA \
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} timeout "$TRAIN_TIMEOUT" $PY -m reed_image.train --preset "$preset" $DATA $TARGETS $extra $EXTRA \
     train.run_dir="$WORK/runs/$v" train.steps="$STEPS" train.eval_every="$EVAL_EVERY" \
     train.batch_size="$BATCH" train.ckpt_every=1000000 train.progress_bar=false \
     train.tensorboard=false eval.num_samples="$NUM_SAMPLES" eval.classifier="$CLASSIFIER" \

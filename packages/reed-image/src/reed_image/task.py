@@ -15,6 +15,7 @@ with probability ``class_dropout`` (classifier-free guidance).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,6 +90,13 @@ class ImageTask:
         self.images = self.images.subset(d.limit, seed=cfg.train.seed)
         check_model_fits_data(cfg, self.images)
         self.targets = enabled_targets(cfg)
+        depth = cfg.model.resolved()[0]
+        for name, tcfg in self.targets.items():  # fail before any store is built
+            if not 1 <= tcfg.depth <= depth:
+                raise ValueError(
+                    f"objective.targets.{name}.depth: {tcfg.depth} is outside the model's blocks "
+                    f"1..{depth} ({cfg.model.arch})"
+                )
         self.tables: dict[str, TargetTable] = {}
         for name, tcfg in self.targets.items():
             if not build_stores and tcfg.store is None:
@@ -111,6 +119,7 @@ class ImageTask:
         )
         self.sampler = EpochSampler(len(self.images), cfg.train.batch_size, cfg.train.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
+        self._batch_ms = 0.0  # host time of the last batch() (logged: a stall shows here first)
         self._evaluator = None
         self._vae = None
 
@@ -121,6 +130,7 @@ class ImageTask:
         return t.to(device, non_blocking=True)
 
     def batch(self, step: int, rank: int, world: int, device: torch.device) -> ImageBatch:
+        t0 = time.perf_counter()
         index = torch.from_numpy(self.sampler.indices(step, rank, world))
         idx = self._to_device(index, self._x.device) if self._x.device != index.device else index
         x, y = self._x[idx], self._y[idx]
@@ -130,6 +140,7 @@ class ImageTask:
         else:
             x = to_unit_range(x)  # (B, C, H, W) in [-1, 1]
         z = {name: table.gather(index) for name, table in self.tables.items()}
+        self._batch_ms = 1000 * (time.perf_counter() - t0)
         return ImageBatch(x=x, y=y, index=index, z=z)
 
     def z_targets(self, batch: ImageBatch) -> dict[str, torch.Tensor]:
@@ -164,7 +175,9 @@ class ImageTask:
         v_pred, align = model(x_tau, tau, y, tau=tau, z_targets=z_targets)
         gen_loss = velocity_loss(v_pred, v)  # (B,)
         progress = self.curriculum.progress(step, self.steps_per_epoch)
-        return self.objective(gen_loss, align, progress)
+        out = self.objective(gen_loss, align, progress)
+        out.terms["host/batch_ms"] = self._batch_ms
+        return out
 
     # -- sampling and evaluation -----------------------------------------------------------------
     @torch.no_grad()
