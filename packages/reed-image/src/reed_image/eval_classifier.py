@@ -69,6 +69,7 @@ def train_classifier(
     train, _ = load_source(source, path, "train", resolution, fit)
     test, _ = load_source(source, path, "test", resolution, fit)
     train, test = train.subset(limit, seed), test.subset(limit, seed)
+    batch_size = min(batch_size, len(train))  # tiny data sets (tests) still take steps
     torch.manual_seed(seed)
     model = Classifier(ClassifierConfig(train.shape[0], resolution, train.num_classes, widths))
     model = model.to(device)

@@ -1,9 +1,10 @@
 """Fashion-MNIST (Xiao et al., 2017): 60k + 10k grey 28x28 images, 10 classes.
 
-Found, in order: an explicit ``path`` (a folder with the four IDX files, gzipped or not), the
-folder in ``$REED_FASHION_MNIST``, the Debian package ``dataset-fashion-mnist``
-(``/usr/share/datasets/fashion-mnist``), then a download into ``path`` (or the cache folder) when
-``download=True`` and the machine has internet.
+An explicit ``path`` (a folder with the four IDX files, gzipped or not) is the only place looked
+at, downloading into it with ``download=True``. Without one: the folder in
+``$REED_FASHION_MNIST``, the Debian package ``dataset-fashion-mnist``
+(``/usr/share/datasets/fashion-mnist``), the cache folder, then a download into the cache folder
+when ``download=True`` and the machine has internet.
 """
 
 from __future__ import annotations
@@ -61,12 +62,11 @@ def default_cache_dir() -> Path:
 
 def locate(path: str | Path | None = None, download: bool = False) -> Path:
     """The folder holding the Fashion-MNIST IDX files (see module docstring for the order)."""
-    candidates: list[Path] = []
-    if path is not None:
-        candidates.append(Path(path))
-    elif os.environ.get("REED_FASHION_MNIST"):
-        candidates.append(Path(os.environ["REED_FASHION_MNIST"]))
-    candidates += [DEBIAN_DIR, default_cache_dir()]
+    if path is not None:  # an explicit folder is the only place looked at (no silent fallback)
+        candidates = [Path(path)]
+    else:
+        env = os.environ.get("REED_FASHION_MNIST")
+        candidates = ([Path(env)] if env else []) + [DEBIAN_DIR, default_cache_dir()]
     stems = [s for pair in FILES.values() for s in pair]
     for folder in candidates:
         if all(_find(folder, s) for s in stems):

@@ -156,7 +156,7 @@ def resolve_timm_name(name: str) -> str:
         name = name[len("timm:") :]
     base = name.split(".")[0]
     if not timm.is_model(base):
-        known = list(ALIASES) + list(OFFLINE) + timm.list_models()
+        known = list(ALIASES) + list(OFFLINE) + timm.list_models(f"{base[:3]}*")
         close = difflib.get_close_matches(base, known, n=5, cutoff=0.6)
         raise ValueError(
             f"encoder: unknown vision encoder {name!r}; use one of {list(ALIASES) + list(OFFLINE)}"

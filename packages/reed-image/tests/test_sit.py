@@ -1,0 +1,137 @@
+"""SiT: sizes and parameter counts, shapes for any channels/resolution, adaLN-Zero, taps, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reed_core.taps import FeatureTaps
+from reed_image.models.sit import SIZES, SiT, SiT_models, SiTConfig, count_parameters
+
+
+def expected_params(depth: int, D: int, p: int, C: int, grid: int, classes: int) -> int:
+    """Closed form, written independently of the module code (DiT Table 1 layout)."""
+    attn = 3 * D * D + 3 * D + D * D + D
+    mlp = D * 4 * D + 4 * D + 4 * D * D + D
+    ada = D * 6 * D + 6 * D
+    block = attn + mlp + ada
+    embed = C * p * p * D + D  # patch conv
+    t_emb = 256 * D + D + D * D + D
+    y_emb = (classes + 1) * D
+    final = D * 2 * D + 2 * D + D * p * p * C + p * p * C
+    return depth * block + embed + t_emb + y_emb + final
+
+
+@pytest.mark.parametrize("arch", SiT_models)
+def test_every_size_builds_with_the_right_parameter_count(arch):
+    cfg = SiTConfig(arch=arch, input_size=32, in_channels=4, num_classes=1000)
+    with torch.device("meta"):
+        model = SiT(cfg)
+    depth, D, heads, p = cfg.resolved()
+    assert (depth, D, heads) == SIZES[arch.split("-")[1].split("/")[0]]
+    assert count_parameters(model) == expected_params(depth, D, p, 4, 32 // p, 1000)
+    assert model.num_tokens == (32 // p) ** 2
+
+
+@pytest.mark.parametrize(
+    "arch, published_M", [("SiT-S/2", 33.0), ("SiT-B/2", 130.0), ("SiT-L/2", 458.0), ("SiT-XL/2", 675.0)]
+)
+def test_parameter_counts_match_the_papers(arch, published_M):
+    with torch.device("meta"):
+        model = SiT(SiTConfig(arch=arch, input_size=32, in_channels=4, num_classes=1000))
+    assert abs(count_parameters(model) / 1e6 - published_M) / published_M < 0.01
+
+
+@pytest.mark.parametrize(
+    "C, size, patch", [(4, 32, 2), (4, 32, 4), (4, 32, 8), (1, 28, 2), (1, 28, 4), (3, 16, 2)]
+)
+def test_any_channels_and_resolution(C, size, patch):
+    cfg = SiTConfig(
+        arch=f"SiT-S/{patch}",
+        input_size=size,
+        in_channels=C,
+        num_classes=10,
+        depth=2,
+        hidden_size=32,
+        num_heads=2,
+    )
+    model = SiT(cfg)
+    torch.nn.init.normal_(model.final_layer.linear.weight)  # leave adaLN-Zero so output is non-zero
+    torch.nn.init.normal_(model.final_layer.adaLN_modulation[-1].weight)
+    x = torch.randn(3, C, size, size)
+    v = model(x, torch.rand(3), torch.tensor([0, 5, 10]))  # 10 = null label
+    assert v.shape == x.shape and v.abs().sum() > 0
+
+
+def test_adaln_zero_initialisation_gives_zero_output_and_identity_blocks():
+    model = SiT(
+        SiTConfig(
+            arch="SiT-S/2", input_size=8, in_channels=2, num_classes=3, depth=2, hidden_size=32, num_heads=2
+        )
+    )
+    x = torch.randn(2, 2, 8, 8)
+    assert torch.equal(model(x, torch.rand(2), torch.tensor([0, 1])), torch.zeros_like(x))
+    h = torch.randn(2, 16, 32)
+    c = torch.randn(2, 32)
+    assert torch.equal(model.blocks[0](h, c), h)  # gates are zero at initialisation
+
+
+def test_wrong_image_size_is_a_clear_error():
+    model = SiT(
+        SiTConfig(
+            arch="SiT-S/2", input_size=32, in_channels=4, num_classes=10, depth=1, hidden_size=32, num_heads=2
+        )
+    )
+    with pytest.raises(ValueError, match=r"expected images \[B, 4, 32, 32\].*got \(2, 4, 28, 28\)"):
+        model(torch.randn(2, 4, 28, 28), torch.rand(2), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        SiTConfig(arch="SiT-S/8", input_size=28, in_channels=1).resolved()
+    with pytest.raises(ValueError, match="model.arch"):
+        SiTConfig(arch="SiT-M/2").resolved()
+
+
+def test_taps_read_each_block_output_at_its_own_depth():
+    torch.manual_seed(0)
+    model = SiT(
+        SiTConfig(
+            arch="SiT-S/4", input_size=16, in_channels=1, num_classes=10, depth=3, hidden_size=32, num_heads=2
+        )
+    )
+    for block in model.blocks:  # non-zero gates so blocks differ
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.1)
+    x, tau, y = torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([1, 2])
+    with FeatureTaps(model, {"a": 1, "b": 3}) as taps:
+        model(x, tau, y)
+        out = taps.pop()
+    h = model.x_embedder(x).flatten(2).transpose(1, 2) + model.pos_embed
+    c = model.t_embedder(tau) + model.y_embedder(y)
+    hs = []
+    for block in model.blocks:
+        h = block(h, c)
+        hs.append(h)
+    assert out["a"].shape == (2, 16, 32)
+    torch.testing.assert_close(out["a"], hs[0])
+    torch.testing.assert_close(out["b"], hs[2])
+    assert not torch.allclose(out["a"], out["b"])
+    with pytest.raises(ValueError, match="beyond the model"):
+        FeatureTaps(model, {"c": 4})
+
+
+def test_qk_norm_adds_per_head_norms_and_runs():
+    base = SiTConfig(
+        arch="SiT-S/4", input_size=16, in_channels=1, num_classes=10, depth=2, hidden_size=32, num_heads=2
+    )
+    plain, normed = SiT(base), SiT(SiTConfig(**{**base.__dict__, "qk_norm": True}))
+    assert count_parameters(normed) - count_parameters(plain) == 2 * 2 * 2 * 16  # 2 blocks x q,k x (w,b)
+    assert normed(torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([0, 10])).shape == (2, 1, 16, 16)
+
+
+def test_positions_are_fixed_and_distinct():
+    model = SiT(
+        SiTConfig(
+            arch="SiT-S/2", input_size=8, in_channels=1, num_classes=2, depth=1, hidden_size=32, num_heads=2
+        )
+    )
+    pos = model.pos_embed[0]  # (16, 32)
+    assert "pos_embed" not in dict(model.named_parameters())
+    assert torch.cdist(pos, pos).add(torch.eye(16) * 10).min() > 0.1

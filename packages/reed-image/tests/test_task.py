@@ -1,0 +1,143 @@
+"""The image task on reed-core: feature stores, training steps, vanilla = REED with targets off,
+checkpoint reload and seeded sampling, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reed_core.features import FeatureStore, FeatureStoreError
+from reed_core.train import CheckpointError, Trainer, read_metrics
+from reed_image.checkpoints import load_denoiser
+from reed_image.data import fit_resolution, load_fashion_mnist
+from reed_image.interpolants import Interpolant
+from reed_image.targets.build import TargetTable, build_caption_store, ensure_store
+from reed_image.task import ImageTask, generate
+
+
+def test_caption_store_from_a_table_and_gathering(make_cfg, fmnist_dir, caption_table_file, tmp_path):
+    cfg = make_cfg()
+    images = fit_resolution(load_fashion_mnist("train", fmnist_dir), 32)
+    store = build_caption_store("caption", cfg.objective.targets["caption"], images, tmp_path / "cap")
+    table = np.load(caption_table_file)
+    rows = torch.tensor([5, 0, 77])
+    want = table["embeddings"][table["index"][rows.numpy()]]
+    for location in ("host", "mmap", "device"):
+        z = TargetTable(store, images.ids, location, "cpu").gather(rows)
+        assert z.shape == (3, 1, 16)
+        np.testing.assert_allclose(z[:, 0].float().numpy(), want, rtol=1e-3, atol=1e-3)
+    assert (tmp_path / "cap" / "captions.npz").exists()
+
+
+def test_missing_or_mismatched_feature_shards_are_clear_errors(make_cfg, fmnist_dir, tmp_path):
+    cfg = make_cfg()
+    images = fit_resolution(load_fashion_mnist("train", fmnist_dir), 32)
+    store = ensure_store("vision", cfg.objective.targets["vision"], images, tmp_path / "run")
+    assert store.meta.fixed_length == 1 and store.meta.shape == (1280,)
+    other = load_fashion_mnist("test", fmnist_dir)  # ids the store does not hold
+    with pytest.raises(FeatureStoreError, match=r"no entry for 60 of .*fmnist-test-00000"):
+        TargetTable(store, other.ids)
+    root = tmp_path / "run" / "features" / "vision"
+    np.save(root / "shard_00000.data.npy", np.zeros((120, 64), dtype=np.float16))  # wrong width
+    with pytest.raises(FeatureStoreError, match=r"shard_00000.data.npy.*meta.json says"):
+        FeatureStore(root)
+    (root / "shard_00000.data.npy").unlink()
+    with pytest.raises(FeatureStoreError, match="missing shard file"):
+        FeatureStore(root)
+
+
+def test_bad_configs_fail_before_any_work(make_cfg):
+    cfg = make_cfg()
+    with pytest.raises(ValueError, match=r"model.input_size=28 but the data are 32x32"):
+        ImageTask(replace(cfg, model=replace(cfg.model, input_size=28)))
+    targets = dict(cfg.objective.targets)
+    targets["vision"] = replace(targets["vision"], depth=5)
+    with pytest.raises(
+        ValueError, match=r"objective.targets.vision.depth: 5 is outside the model's blocks 1..2"
+    ):
+        ImageTask(replace(cfg, objective=replace(cfg.objective, targets=targets)))
+    targets["vision"] = replace(targets["vision"], depth=1, encoder="no-such-net")
+    with pytest.raises(ValueError, match="unknown vision encoder 'no-such-net'"):
+        ImageTask(replace(cfg, objective=replace(cfg.objective, targets=targets)))
+
+
+def _fit(cfg):
+    task = ImageTask(cfg)
+    result = Trainer(cfg.train, task, experiment_config=cfg).fit()
+    return task, result, read_metrics(cfg.train.run_dir)
+
+
+def test_reed_trains_and_vanilla_is_the_same_code_with_targets_off(make_cfg):
+    task, result, metrics = _fit(make_cfg("reed"))
+    assert np.isfinite(result["loss"]) and {"align/vision", "align/caption", "cos/caption"} <= set(result)
+    assert metrics[0]["w_diff"] < 1.0  # diffusion warm-up
+    assert list(Path(task.cfg.train.run_dir).glob("samples/ema_step*.png"))
+
+    _, vanilla, van_metrics = _fit(make_cfg("vanilla", vision=False, caption=False))
+    assert not any(k.startswith("align/") for k in vanilla)
+    # with every alignment weight at zero, the aligned model follows vanilla's trajectory exactly
+    cfg = make_cfg("zero")
+    targets = {k: replace(t, weight=0.0) for k, t in cfg.objective.targets.items()}
+    _, _, zero_metrics = _fit(replace(cfg, objective=replace(cfg.objective, targets=targets)))
+    torch.testing.assert_close(
+        [m["loss_gen"] for m in zero_metrics if "loss_gen" in m],
+        [m["loss_gen"] for m in van_metrics if "loss_gen" in m],
+    )
+
+
+def test_checkpoint_samples_identically_after_reload(make_cfg):
+    cfg = make_cfg("ckpt")
+    task, _, _ = _fit(cfg)
+    ckpt = f"{cfg.train.run_dir}/checkpoints/last.pt"
+    cfg2, denoiser, step = load_denoiser(ckpt, "ema")
+    assert step == cfg.train.steps and cfg2 == cfg
+    path = Interpolant(cfg.objective.interpolant)
+    a, labels = generate(denoiser, cfg2, 12, cfg2.sample, path, 10, 5)
+    b, _ = generate(load_denoiser(ckpt, "ema")[1], cfg2, 12, cfg2.sample, path, 10, 5)
+    assert torch.equal(a, b) and labels.tolist()[:11] == list(range(10)) + [0]
+    c, _ = generate(denoiser, cfg2, 12, replace(cfg2.sample, seed=1), path, 10, 5)
+    assert not torch.equal(a, c)
+    raw = load_denoiser(ckpt, "raw")[1]
+    assert not torch.equal(raw.final_layer.linear.weight, denoiser.final_layer.linear.weight)
+    with open(ckpt, "r+b") as fh:  # truncate: a torn file
+        fh.truncate(1000)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_denoiser(ckpt)
+
+
+def test_evaluation_writes_grid_and_metrics(make_cfg, tmp_path):
+    from reed_image.eval_classifier import main as train_classifier
+
+    cfg = make_cfg("eval", caption=False)
+    clf = tmp_path / "clf.pt"
+    info = train_classifier(
+        [
+            "--data-path",
+            cfg.data.path,
+            "--epochs",
+            "1",
+            "--out",
+            str(clf),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "32",
+        ]
+    )
+    assert 0.0 <= info["test_accuracy"] <= 1.0
+    cfg = replace(
+        cfg,
+        eval=replace(
+            cfg.eval, metrics=True, classifier=str(clf), num_samples=30, reference_split="test", batch_size=15
+        ),
+    )
+    task, result, _ = _fit(cfg)
+    assert {"eval/ema/fd", "eval/ema/precision", "eval/ema/recall", "eval/ema/is"} <= set(result)
+    line = json.loads((tmp_path / "eval" / "eval.jsonl").read_text().splitlines()[-1])
+    assert line["step"] == cfg.train.steps and line["ema/fd"] == result["eval/ema/fd"]
+    assert (tmp_path / "eval" / "samples" / f"ema_step{cfg.train.steps:07d}.png").exists()
