@@ -226,6 +226,7 @@ class ImageTask:
                 x[: e.grid_size],
                 Path(run_dir) / "samples" / f"{tag}_step{step:07d}.png",
                 nrow=self.images.num_classes if e.grid_size % self.images.num_classes == 0 else None,
+                scale=2,
             )
             if e.metrics:
                 for k, v in self.evaluator()(x).as_dict().items():
