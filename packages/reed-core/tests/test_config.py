@@ -24,7 +24,7 @@ PRESETS = {"small": lambda: Experiment(train=TrainConfig(steps=10))}
 def test_preset_file_and_overrides_compose(tmp_path):
     cfg_file = tmp_path / "exp.toml"
     cfg_file.write_text(
-        '[train]\nlr = 3e-4\nbetas = [0.9, 0.95]\n'
+        "[train]\nlr = 3e-4\nbetas = [0.9, 0.95]\n"
         '[curriculum.w_diff]\nkind = "linear"\nend = 50.0\nv_start = 0.0\n'
     )
     cfg = load_config(Experiment, PRESETS, "small", cfg_file, ["train.batch_size=32", "note=hello"])

@@ -69,3 +69,27 @@ def test_reed_model_aligns_and_an_ema_copy_taps_its_own_modules():
     torch.testing.assert_close(ema_terms["v"].loss, 1 - torch.cosine_similarity(expected, z, dim=-1))
     _, none = model(x)  # sampling: no targets, no alignment, no stale hidden states kept
     assert none == {} and model.taps.outputs == {}
+
+
+def test_two_targets_on_one_depth_each_get_the_hidden_state():
+    model = Stack()
+    x = torch.randn(2, 8)
+    taps = FeatureTaps(model, {"a": 2, "b": "blocks.1"})
+    model(x)
+    out = taps.pop()
+    assert set(out) == {"a", "b"}
+    torch.testing.assert_close(out["a"], out["b"])
+    assert taps.pop() == {}  # emptied
+    taps.remove()
+
+
+def test_reed_model_compiles_without_graph_breaks():
+    model = ReedModel(Stack(), [AlignmentTarget("v", depth=2, dim=3, projector_hidden=16)])
+    x, tau, z = torch.randn(5, 8), torch.rand(5), torch.randn(5, 3)
+
+    def step(x, tau, z):
+        out, terms = model(x, tau=tau, z_targets={"v": z})
+        return out.sum() + terms["v"].loss.mean()
+
+    explanation = torch._dynamo.explain(step)(x, tau, z)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]

@@ -9,8 +9,17 @@ from reed_core.examples.toy2d import Toy2DConfig, main, run
 
 
 def _run(tmp_path, name, cfg, steps=800):
-    cfg = replace(cfg, train=replace(cfg.train, run_dir=str(tmp_path / name), steps=steps, seed=0,
-                                     progress_bar=False, tensorboard=False))
+    cfg = replace(
+        cfg,
+        train=replace(
+            cfg.train,
+            run_dir=str(tmp_path / name),
+            steps=steps,
+            seed=0,
+            progress_bar=False,
+            tensorboard=False,
+        ),
+    )
     return run(cfg)
 
 
@@ -27,8 +36,20 @@ def test_alignment_and_curriculum_beat_vanilla_at_equal_steps(tmp_path):
 
 def test_cli_writes_config_metrics_and_checkpoint(tmp_path):
     run_dir = tmp_path / "cli"
-    main(["--preset", "vanilla", "--run-dir", str(run_dir), "--steps", "3", "train.log_every=1",
-          "train.progress_bar=false", "eval_samples=16", "sample_steps=2"])
+    main(
+        [
+            "--preset",
+            "vanilla",
+            "--run-dir",
+            str(run_dir),
+            "--steps",
+            "3",
+            "train.log_every=1",
+            "train.progress_bar=false",
+            "eval_samples=16",
+            "sample_steps=2",
+        ]
+    )
     assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "last.pt").exists()
     assert "aligned: false" in (run_dir / "config.yaml").read_text()
     with pytest.raises(SystemExit, match="align_weight: expected a number"):

@@ -32,18 +32,19 @@ def resolve_depth(model: nn.Module, depth: int | str) -> str:
     return points[depth - 1]
 
 
-_SLOT = "_reed_tap_output"
+_SLOT = "_reed_tap_outputs"  # a dict attribute of each tapped module
 
 
 def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def _make_hook(select: Callable[[Any], torch.Tensor]):
-    # The hook keeps the output on the module that produced it (no closure over the taps object),
-    # so a deep copy of the model (an EMA copy) captures into its own modules.
+def _make_hook(name: str, select: Callable[[Any], torch.Tensor]):
+    # The hook keeps the output in a dict attribute of the module that produced it (no closure over
+    # the taps object), so a deep copy of the model (an EMA copy) captures into its own modules, and
+    # torch.compile traces the dict update without a graph break.
     def hook(module: nn.Module, args: Any, output: Any) -> None:
-        module.__dict__[_SLOT] = select(output)
+        getattr(module, _SLOT)[name] = select(output)
 
     return hook
 
@@ -65,18 +66,26 @@ class FeatureTaps:
         modules = dict(model.named_modules())
         self.paths = {name: resolve_depth(model, depth) for name, depth in paths.items()}
         self._modules = {name: modules[path] for name, path in self.paths.items()}
-        self._handles = [m.register_forward_hook(_make_hook(select)) for m in self._modules.values()]
+        for m in self._modules.values():
+            if not isinstance(getattr(m, _SLOT, None), dict):
+                object.__setattr__(m, _SLOT, {})
+        self._handles = [
+            m.register_forward_hook(_make_hook(name, select)) for name, m in self._modules.items()
+        ]
 
     @property
     def outputs(self) -> dict[str, torch.Tensor]:
         """Hidden states captured by the last forward, by target name."""
-        return {name: m.__dict__[_SLOT] for name, m in self._modules.items() if _SLOT in m.__dict__}
+        slots = {name: getattr(m, _SLOT) for name, m in self._modules.items()}
+        return {name: slot[name] for name, slot in slots.items() if name in slot}
 
     def pop(self) -> dict[str, torch.Tensor]:
         """The captured outputs of the last forward; the slots are emptied (no stale tensors kept)."""
-        out = self.outputs
-        for m in self._modules.values():
-            m.__dict__.pop(_SLOT, None)
+        out = {}
+        for name, m in self._modules.items():
+            slot = getattr(m, _SLOT)
+            if name in slot:
+                out[name] = slot.pop(name)
         return out
 
     def remove(self) -> None:
