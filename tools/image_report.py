@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 LABELS = {
     "vanilla": "SiT-S/2 (vanilla)",
     "repa": "+ vision target (REPA-like)",
@@ -104,7 +106,9 @@ def main() -> None:
         ax.plot(steps, fd, marker="o", ms=3, label=LABELS.get(v, v))
     if "vanilla" in summary:
         ax.axhline(summary["vanilla"]["final_fd"], color="grey", lw=0.8, ls="--", label="vanilla final FD")
-    ax.set_xlabel("training step (batch 256)")
+    config = args.runs / next(iter(curves)) / "config.yaml"
+    batch = yaml.safe_load(config.read_text())["train"]["batch_size"] if config.exists() else "?"
+    ax.set_xlabel(f"training step (batch {batch})")
     ax.set_ylabel("Frechet distance (classifier features, EMA)")
     ax.set_yscale("log")
     ax.set_title("SiT-S/2 on Fashion-MNIST 32x32")
