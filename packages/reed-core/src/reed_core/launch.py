@@ -39,6 +39,8 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 from submitit.slurm.slurm import _make_sbatch_string
 
+from reed_core.config import add_config_args, config_from_args
+
 # The dataclass field each --slurm-* flag sets; errors from SlurmConfig name the flag.
 FLAG_OF_FIELD = {
     "partition": "--slurm-partition",
@@ -340,3 +342,27 @@ def launch_or_run(
     if not dry_run:
         print(f"submitted Slurm job {job.job_id}: run {run_dir}, logs {job.paths.stdout}", flush=True)
     return job
+
+
+def add_train_args(parser: argparse.ArgumentParser, presets: Mapping[str, Any]) -> argparse.ArgumentParser:
+    """The command line every training entry point shares: ``--preset``, ``--config FILE``,
+    ``KEY=VALUE`` overrides, ``--run-dir``/``--steps`` shorthands and the ``--slurm*`` flags."""
+    add_config_args(parser, presets)
+    parser.add_argument("--run-dir", default=None, help="shorthand for train.run_dir=DIR")
+    parser.add_argument("--steps", type=int, default=None, help="shorthand for train.steps=N")
+    return add_slurm_args(parser)
+
+
+def train_config_from_args(
+    cls: type, presets: Mapping[str, Callable[[], Any]], args: argparse.Namespace
+) -> Any:
+    """Resolve the experiment config of :func:`add_train_args`' flags (exits naming a bad field)."""
+    cfg = config_from_args(cls, presets, args)
+    shorthands = {"run_dir": args.run_dir, "steps": args.steps}
+    changes = {name: value for name, value in shorthands.items() if value is not None}
+    if changes:
+        try:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+        except ValueError as err:
+            sys.exit(f"error: {err}")
+    return cfg

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from typing import Any
 
-from reed_core.config import add_config_args, config_from_args
-from reed_core.launch import add_slurm_args, launch_or_run
+from reed_core.launch import add_train_args, launch_or_run, train_config_from_args
 from reed_core.train import Trainer
 from reed_image.configs import PRESETS, ImageConfig
 from reed_image.task import ImageTask
@@ -33,16 +31,9 @@ def run(cfg: ImageConfig) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> Any:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p, PRESETS)
-    p.add_argument("--run-dir", default=None, help="shorthand for train.run_dir=DIR")
-    p.add_argument("--steps", type=int, default=None, help="shorthand for train.steps=N")
-    add_slurm_args(p)
-    args = p.parse_args(argv)
-    cfg = config_from_args(ImageConfig, PRESETS, args)
-    if args.run_dir is not None:
-        cfg = replace(cfg, train=replace(cfg.train, run_dir=args.run_dir))
-    if args.steps is not None:
-        cfg = replace(cfg, train=replace(cfg.train, steps=args.steps))
+    add_train_args(p, PRESETS)
+    args = p.parse_intermixed_args(argv)
+    cfg = train_config_from_args(ImageConfig, PRESETS, args)
     return launch_or_run(run, cfg, args)
 
 

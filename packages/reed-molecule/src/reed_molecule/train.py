@@ -2,7 +2,7 @@
 
     python -m reed_molecule.train --preset qm9_reed data.path=data/qm9.npz
     python -m reed_molecule.train --preset qm9_baseline --config my.yaml train.steps=1000
-    python -m reed_molecule.train --preset qm9_reed --slurm --partition gpu --gpus-per-node 1
+    python -m reed_molecule.train --preset qm9_reed --slurm --slurm-partition gpu --slurm-gpus-per-node 1
 
 Prepare the data and the target store first::
 
@@ -14,10 +14,8 @@ Prepare the data and the target store first::
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
-from reed_core.config import add_config_args, config_from_args
-from reed_core.launch import add_slurm_args, launch_or_run
+from reed_core.launch import add_train_args, launch_or_run, train_config_from_args
 from reed_core.train import Trainer
 from reed_molecule.configs import PRESETS, MoleculeConfig
 
@@ -34,20 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_args(parser, PRESETS)
-    parser.add_argument("--run-dir", default=None, help="shorthand for train.run_dir=DIR")
-    parser.add_argument("--steps", type=int, default=None, help="shorthand for train.steps=N")
-    add_slurm_args(parser)
-    return parser
+    return add_train_args(parser, PRESETS)
 
 
 def main(argv: list[str] | None = None):
     args = build_parser().parse_intermixed_args(argv)
-    cfg = config_from_args(MoleculeConfig, PRESETS, args)
-    if args.run_dir is not None:
-        cfg = replace(cfg, train=replace(cfg.train, run_dir=args.run_dir))
-    if args.steps is not None:
-        cfg = replace(cfg, train=replace(cfg.train, steps=args.steps))
+    cfg = train_config_from_args(MoleculeConfig, PRESETS, args)
     return launch_or_run(run, cfg, args)
 
 

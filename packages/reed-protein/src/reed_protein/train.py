@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import replace
 
-from reed_core.config import add_config_args, config_from_args
 from reed_core.train import Trainer
 from reed_protein.configs import PRESETS, ProteinConfig
 from reed_protein.task import ProteinTask, load_data, resolve, write_split
@@ -40,22 +38,13 @@ def main(argv: list[str] | None = None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    add_config_args(parser, PRESETS)
-    parser.add_argument("--run-dir", default=None, help="shorthand for train.run_dir=DIR")
-    try:
-        from reed_core.launch import add_slurm_args, launch_or_run
-    except ImportError:  # submitit missing: local runs only
-        add_slurm_args = launch_or_run = None
-    if add_slurm_args is not None:
-        add_slurm_args(parser)
-    args = parser.parse_args(argv)
+    from reed_core.launch import add_train_args, launch_or_run, train_config_from_args
+
+    add_train_args(parser, PRESETS)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config_from_args(ProteinConfig, PRESETS, args)
-    if args.run_dir is not None:
-        cfg = replace(cfg, train=replace(cfg.train, run_dir=args.run_dir))
-    if launch_or_run is not None:
-        return launch_or_run(run, cfg, args)
-    return run(cfg)
+    cfg = train_config_from_args(ProteinConfig, PRESETS, args)
+    return launch_or_run(run, cfg, args)
 
 
 if __name__ == "__main__":

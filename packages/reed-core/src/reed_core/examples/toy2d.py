@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from reed_core.alignment import AlignmentTarget
-from reed_core.config import add_config_args, config_from_args
 from reed_core.curriculum import Curriculum, CurriculumConfig
+from reed_core.launch import add_train_args, launch_or_run, train_config_from_args
 from reed_core.model import ReedModel
 from reed_core.objective import ObjectiveOutput, ReedObjective
 from reed_core.schedules import constant, linear_warmup
@@ -175,24 +175,10 @@ def run(cfg: Toy2DConfig) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, float] | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_config_args(parser, presets())
-    parser.add_argument("--run-dir", default=None, help="shorthand for train.run_dir=DIR")
-    parser.add_argument("--steps", type=int, default=None, help="shorthand for train.steps=N")
-    try:
-        from reed_core.launch import add_slurm_args, launch_or_run
-    except ImportError:  # launch module not available
-        add_slurm_args = launch_or_run = None
-    if add_slurm_args is not None:
-        add_slurm_args(parser)
-    args = parser.parse_args(argv)
-    cfg = config_from_args(Toy2DConfig, presets(), args)
-    if args.run_dir is not None:
-        cfg = replace(cfg, train=replace(cfg.train, run_dir=args.run_dir))
-    if args.steps is not None:
-        cfg = replace(cfg, train=replace(cfg.train, steps=args.steps))
-    if launch_or_run is not None:
-        return launch_or_run(run, cfg, args)
-    return run(cfg)
+    add_train_args(parser, presets())
+    args = parser.parse_intermixed_args(argv)
+    cfg = train_config_from_args(Toy2DConfig, presets(), args)
+    return launch_or_run(run, cfg, args)
 
 
 if __name__ == "__main__":
