@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +64,22 @@ def write_fixtures(root: Path, n: int, latent: int, channels: int, dims: dict[st
                 w.add(i, g.standard_normal((L, D), dtype=np.float32))
 
 
+def profile_steps(trainer: Trainer, task: Any, device: torch.device, first: int, path: Path) -> None:
+    """Kernel-level breakdown of 5 training steps (torch.profiler), sorted by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for step in range(first, first + 5):
+            trainer.step = step
+            trainer.train_step(task.batch(step, 0, 1, device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=60, max_name_column_width=90))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="SiT-XL/2")
@@ -74,6 +91,12 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny widths (CPU smoke test)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="after timing, profile 5 more steps and write the kernel table (by GPU time) here",
+    )
     args = p.parse_args()
     device = torch.device(args.device)
 
@@ -133,6 +156,8 @@ def main() -> None:
         sync()
         elapsed = time.perf_counter() - t0
         loss = float(out.loss.detach())
+        if args.profile is not None:
+            profile_steps(trainer, task, device, args.warmup + args.steps, args.profile)
 
     images_per_s = args.steps * args.batch / elapsed
     flops = 3 * block_matmul_flops(depth, task.denoiser.hidden_size, task.denoiser.num_tokens)
