@@ -15,6 +15,7 @@ Every encoder maps pixels in [-1, 1] (``[B, 1 | 3, H, W]``; grey is repeated to 
 
 from __future__ import annotations
 
+import abc
 import difflib
 import math
 from pathlib import Path
@@ -33,7 +34,7 @@ OFFLINE = ("efficientnet-lite0",)
 DEFAULT_ENCODER = "dinov2-b"
 
 
-class VisionEncoder(nn.Module):
+class VisionEncoder(nn.Module, abc.ABC):
     """Frozen encoder: pixels ``[B, C, H, W]`` in [-1, 1] -> tokens ``[B, h_e * w_e, D]``."""
 
     def __init__(
@@ -65,8 +66,9 @@ class VisionEncoder(nn.Module):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False)
         return (x - self.mean) / self.std
 
+    @abc.abstractmethod
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Normalised encoder input ``[B, 3, S, S]`` -> patch tokens ``[B, L, D]`` (each subclass)."""
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
