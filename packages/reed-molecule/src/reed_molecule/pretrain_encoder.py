@@ -100,9 +100,7 @@ class EncoderTask:
         seed_everything(cfg.train.seed)
         arrays = arrays if arrays is not None else MoleculeArrays.load(cfg.data.path)
         self.vocab = arrays.vocab
-        rows = arrays.split(cfg.data.train_split)
-        if cfg.data.limit > 0:
-            rows = rows[: cfg.data.limit]
+        rows = arrays.training_rows(cfg.data.train_split, cfg.data.limit)
         self.data = PaddedMolecules(arrays, rows)
         self.model = build_encoder(cfg, self.vocab)
         self.sampler = EpochSampler(len(self.data), cfg.train.batch_size, cfg.train.seed)

@@ -75,9 +75,7 @@ class MoleculeTask:
         seed_everything(cfg.train.seed)
         arrays = arrays if arrays is not None else MoleculeArrays.load(cfg.data.path)
         self.vocab = arrays.vocab
-        rows = arrays.split(cfg.data.train_split)
-        if cfg.data.limit > 0:
-            rows = rows[: cfg.data.limit]
+        rows = arrays.training_rows(cfg.data.train_split, cfg.data.limit)
         self.train = PaddedMolecules(arrays, rows)
         self.train_smiles = {arrays.smiles[i] for i in rows}
         eval_rows = arrays.splits.get(cfg.data.eval_split, np.zeros(0, np.int64))

@@ -70,6 +70,11 @@ class MoleculeArrays:
             raise KeyError(f"MoleculeArrays: no split {name!r}; has {sorted(self.splits)}")
         return self.splits[name]
 
+    def training_rows(self, split: str, limit: int = 0) -> np.ndarray:
+        """Rows of ``split``, the first ``limit`` of them when ``limit > 0``."""
+        rows = self.split(split)
+        return rows[:limit] if limit > 0 else rows
+
     def to_padded(self, rows: np.ndarray | None = None, n_max: int | None = None):
         """Dense padded arrays for ``rows``: x [M,N,3] f32, a/c [M,N] i8, e [M,N,N] i8, mask [M,N]."""
         rows = np.arange(len(self)) if rows is None else np.asarray(rows)
