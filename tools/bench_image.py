@@ -88,6 +88,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=8, help="untimed steps (compilation)")
     p.add_argument("--examples", type=int, default=1024, help="size of the fixture data set")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode (train.compile_mode)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny widths (CPU smoke test)")
     p.add_argument("--json", type=Path, default=None)
@@ -127,6 +128,7 @@ def main() -> None:
                 run_dir=str(root / "run"),
                 batch_size=args.batch,
                 compile=not args.no_compile,
+                compile_mode=args.compile_mode,
                 device=args.device,
                 steps=10**9,
                 progress_bar=False,
@@ -165,7 +167,7 @@ def main() -> None:
         "arch": args.arch + (" (tiny)" if args.tiny else ""),
         "params_M": round(n_params / 1e6, 1),
         "batch": args.batch,
-        "compile": not args.no_compile,
+        "compile": False if args.no_compile else args.compile_mode,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "images_per_s": round(images_per_s, 1),
         "step_ms": round(1000 * elapsed / args.steps, 2),

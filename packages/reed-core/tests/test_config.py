@@ -54,6 +54,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("train.compile=perhaps", "train.compile: expected true or false"),
         ("train.batch_size=-4", "train.batch_size: must be > 0"),
         ("curriculum.unit=minute", "curriculum.unit"),
+        ("train.compile_mode=fast", "train.compile_mode: unknown 'fast'"),
         ("nested.key=1", "nested: unknown key or not a table"),
         ("no_equals_sign", "expected key=value"),
     ],

@@ -41,6 +41,7 @@ from reed_core.config import config_to_dict, save_config
 from reed_core.objective import ObjectiveOutput
 
 PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class TrainConfig:
     ema_warmup: bool = True  # decay_t = min(ema_decay, (1 + t) / (10 + t))
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs | ...
     log_every: int = 50
     ckpt_every: int = 1000
     eval_every: int = 0  # 0: evaluate only at the end (if the task can)
@@ -75,6 +77,10 @@ class TrainConfig:
                 raise ValueError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay: must lie in [0, 1), got {self.ema_decay}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"train.compile_mode: unknown {self.compile_mode!r}; choose one of {COMPILE_MODES}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision: unknown {self.precision!r}; choose one of {PRECISIONS}")
 
@@ -238,7 +244,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if kind == "cuda" else None
             )
         if cfg.compile:
-            train_model = torch.compile(train_model)
+            train_model = torch.compile(train_model, mode=cfg.compile_mode)
         self.train_model = train_model
         self._ema_params = list(self.ema.parameters())
         self._model_params = list(self.model.parameters())
