@@ -67,24 +67,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     chemnet_target = None
     if args.run_dir:
-        from reed_molecule.chem import NUM_BOND_CLASSES
-        from reed_molecule.sample import load_run
-        from reed_molecule.sampling import sample_molecules
+        from reed_molecule.sample import generate, load_run
 
         denoiser, cfg, vocab, counts = load_run(Path(args.run_dir) / "checkpoints" / "last.pt", args.device)
         chemnet_target = "chemnet" in cfg.targets
         num_atoms = counts.sample(args.num, np.random.default_rng(args.seed))
-        mols = list(
-            sample_molecules(
-                denoiser,
-                num_atoms,
-                args.steps,
-                (len(vocab.atoms), len(vocab.charges), NUM_BOND_CLASSES),
-                cfg.flow.prior_sigma,
-                seed=args.seed,
-                device=args.device,
-            )
-        )
+        mols = generate(denoiser, cfg, vocab, num_atoms, args.steps, args.seed, args.device)
     else:
         try:
             vocab = get_vocab(args.vocab)

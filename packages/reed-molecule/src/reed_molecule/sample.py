@@ -39,6 +39,25 @@ def load_run(checkpoint: str | Path, device: str = "cpu", use_ema: bool = True):
     return denoiser.to(device).eval(), cfg, vocab, counts
 
 
+def generate(
+    denoiser, cfg, vocab, num_atoms: np.ndarray, steps: int, seed: int, device: str, batch_size: int = 512
+) -> list:
+    """Molecules of ``num_atoms`` from a loaded run (:func:`load_run`), ``steps`` integration steps."""
+    classes = (len(vocab.atoms), len(vocab.charges), NUM_BOND_CLASSES)
+    return list(
+        sample_molecules(
+            denoiser,
+            num_atoms,
+            steps,
+            classes,
+            cfg.flow.prior_sigma,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+        )
+    )
+
+
 def parse_num_atoms(text: str) -> np.ndarray:
     try:
         return np.array([int(v) for v in text.split(",") if v.strip()], dtype=np.int64)
@@ -77,16 +96,7 @@ def main(argv: list[str] | None = None):
             raise ValueError(f"--steps: must be >= 1, got {args.steps}")
     except (ValueError, RuntimeError) as err:
         raise SystemExit(f"error: {err}") from err
-    mols = sample_molecules(
-        denoiser,
-        num_atoms,
-        args.steps,
-        (len(vocab.atoms), len(vocab.charges), NUM_BOND_CLASSES),
-        cfg.flow.prior_sigma,
-        seed=args.seed,
-        device=args.device,
-        batch_size=args.batch_size,
-    )
+    mols = generate(denoiser, cfg, vocab, num_atoms, args.steps, args.seed, args.device, args.batch_size)
     n = write_sdf(mols, vocab, args.out)
     print(f"wrote {n} molecules to {args.out}")
     return mols
