@@ -17,6 +17,8 @@ Prints images/s, peak memory and the achieved TFLOP/s of the transformer blocks'
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
 import json
 import tempfile
 import time
@@ -77,7 +79,15 @@ def profile_steps(trainer: Trainer, task: Any, device: torch.device, first: int,
             torch.cuda.synchronize()
     sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=60, max_name_column_width=90))
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=60, max_name_column_width=90)
+    if device.type == "cuda":  # GPU kernels only (no runtime/launch rows), to compare with wall time
+        kernel_us = sum(
+            e.self_device_time_total
+            for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.key != "Command Buffer Full"
+        )
+        table += f"\nGPU kernel time per step: {kernel_us / 5 / 1000:.2f} ms\n"
+    path.write_text(table)
 
 
 def main() -> None:
@@ -89,6 +99,15 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=1024, help="size of the fixture data set")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode (train.compile_mode)")
+    p.add_argument("--attention", default="auto", help="preferred SDPA kernel (model.attention)")
+    p.add_argument("--fused-update", default="auto", help="clip+AdamW+EMA in one pass (train.fused_update)")
+    p.add_argument(
+        "--inductor",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set torch._inductor.config.KEY (repeatable; VALUE is a Python literal)",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny widths (CPU smoke test)")
     p.add_argument("--json", type=Path, default=None)
@@ -100,9 +119,23 @@ def main() -> None:
     )
     args = p.parse_args()
     device = torch.device(args.device)
+    inductor = {}
+    for item in args.inductor:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--inductor {item!r}: expected KEY=VALUE")
+        inductor[key] = ast.literal_eval(value)
+    if inductor:
+        import torch._inductor.config as inductor_config
+
+        for key, value in inductor.items():
+            *parents, leaf = key.split(".")
+            setattr(functools.reduce(getattr, parents, inductor_config), leaf, value)
 
     base = imagenet_reed()
-    model = SiTConfig(arch=args.arch, input_size=32, in_channels=4, num_classes=1000)
+    model = SiTConfig(
+        arch=args.arch, input_size=32, in_channels=4, num_classes=1000, attention=args.attention
+    )
     if args.tiny:
         model = replace(model, depth=4, hidden_size=64, num_heads=4)
     depth = model.resolved()[0]
@@ -129,6 +162,7 @@ def main() -> None:
                 batch_size=args.batch,
                 compile=not args.no_compile,
                 compile_mode=args.compile_mode,
+                fused_update=args.fused_update,
                 device=args.device,
                 steps=10**9,
                 progress_bar=False,
@@ -147,7 +181,8 @@ def main() -> None:
         for step in range(args.warmup):
             trainer.step = step
             out = trainer.train_step(task.batch(step, 0, 1, device))
-        sync()
+            sync()
+            print(f"warm-up step {step}: {time.perf_counter() - t0:.1f} s", flush=True)
         compile_s = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -168,6 +203,9 @@ def main() -> None:
         "params_M": round(n_params / 1e6, 1),
         "batch": args.batch,
         "compile": False if args.no_compile else args.compile_mode,
+        "attention": args.attention,
+        "fused_update": trainer.fused_update is not None,
+        "inductor": inductor,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "images_per_s": round(images_per_s, 1),
         "step_ms": round(1000 * elapsed / args.steps, 2),

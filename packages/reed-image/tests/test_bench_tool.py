@@ -31,6 +31,8 @@ def test_bench_tool_tiny_cpu(tmp_path):
             "2",
             "--warmup",
             "1",
+            "--fused-update",
+            "on",
             "--json",
             str(out),
         ],
@@ -42,6 +44,7 @@ def test_bench_tool_tiny_cpu(tmp_path):
     result = json.loads(out.read_text())
     assert result["images_per_s"] > 0 and result["final_loss"] > 0
     assert result["block_matmul_TFLOP_per_s"] >= 0 and result["batch"] == 4
+    assert result["fused_update"] is True
 
 
 def test_block_flops_formula():

@@ -126,6 +126,30 @@ def test_qk_norm_adds_per_head_norms_and_runs():
     assert normed(torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([0, 10])).shape == (2, 1, 16, 16)
 
 
+@pytest.mark.parametrize("backend", ["math", "efficient", "flash"])
+def test_preferred_attention_kernel_gives_the_same_velocity(backend):
+    base = SiTConfig(
+        arch="SiT-S/4", input_size=16, in_channels=1, num_classes=10, depth=2, hidden_size=32, num_heads=2
+    )
+    torch.manual_seed(0)
+    auto = SiT(base)
+    for block in auto.blocks:  # adaLN-Zero starts as the identity: give attention something to do
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.5)
+    torch.nn.init.normal_(auto.final_layer.linear.weight, std=0.5)
+    chosen = SiT(SiTConfig(**{**base.__dict__, "attention": backend}))
+    chosen.load_state_dict(auto.state_dict())
+    assert chosen.blocks[0].attn.backends[0].name.lower().startswith(backend[:5])
+    x, tau, y = torch.randn(3, 1, 16, 16), torch.rand(3), torch.tensor([0, 4, 10])
+    v = auto(x, tau, y)
+    assert v.abs().mean() > 1e-3
+    torch.testing.assert_close(chosen(x, tau, y), v, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_attention_kernel_is_a_clear_error():
+    with pytest.raises(ValueError, match="model.attention: unknown 'fast'"):
+        SiT(SiTConfig(arch="SiT-S/4", input_size=16, attention="fast"))
+
+
 def test_positions_are_fixed_and_distinct():
     model = SiT(
         SiTConfig(

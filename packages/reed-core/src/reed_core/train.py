@@ -13,7 +13,8 @@ periodic logging, evaluation and atomic checkpoints. A domain implements :class:
 * optionally ``evaluate(model, ema_model, step, run_dir) -> dict`` and ``state_dict`` /
   ``load_state_dict`` for task state outside the model.
 
-Speed: bf16 autocast, fused AdamW on CUDA, a foreach EMA, optional ``torch.compile``; logged
+Speed: bf16 autocast, fused AdamW on CUDA, a foreach EMA, optional ``torch.compile`` (which also
+fuses clipping, AdamW and the EMA into one pass, :mod:`reed_core.optim`); logged
 terms are summed on the device and read back once per ``log_every`` steps (no per-step sync).
 Exact resume: model, EMA, optimiser, step and every RNG state are checkpointed together.
 """
@@ -39,8 +40,10 @@ from tqdm.auto import tqdm
 
 from reed_core.config import config_to_dict, save_config
 from reed_core.objective import ObjectiveOutput
+from reed_core.optim import FusedUpdate
 
 PRECISIONS = ("auto", "bf16", "fp32")
+FUSED_UPDATE = ("auto", "on", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -59,6 +62,8 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs | ...
+    # clip + AdamW + EMA as one compiled pass (reed_core.optim); auto: on when compiling on CUDA
+    fused_update: str = "auto"  # auto | on | off
     log_every: int = 50
     ckpt_every: int = 1000
     eval_every: int = 0  # 0: evaluate only at the end (if the task can)
@@ -80,6 +85,10 @@ class TrainConfig:
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(
                 f"train.compile_mode: unknown {self.compile_mode!r}; choose one of {COMPILE_MODES}"
+            )
+        if self.fused_update not in FUSED_UPDATE:
+            raise ValueError(
+                f"train.fused_update: unknown {self.fused_update!r}; choose one of {FUSED_UPDATE}"
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision: unknown {self.precision!r}; choose one of {PRECISIONS}")
@@ -248,6 +257,13 @@ class Trainer:
         self.train_model = train_model
         self._ema_params = list(self.ema.parameters())
         self._model_params = list(self.model.parameters())
+        fused = cfg.fused_update == "on" or (cfg.fused_update == "auto" and cfg.compile and kind == "cuda")
+        self.fused_update: FusedUpdate | None = None
+        if fused:
+            ema_trained = [e for e, p in zip(self._ema_params, self._model_params) if p.requires_grad]
+            self.fused_update = FusedUpdate(
+                self.optimizer, ema_trained, cfg.grad_clip, compile=cfg.compile and kind == "cuda"
+            )
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -312,13 +328,19 @@ class Trainer:
         ):
             out = self.task.loss(self.train_model, batch, self.step)
         out.loss.backward()
-        if self.cfg.grad_clip > 0:
-            grad_norm = nn.utils.clip_grad_norm_(self._model_params, self.cfg.grad_clip)
-            out.terms["grad_norm"] = grad_norm.detach()
-        self.optimizer.step()
+        ema_decay = self.ema_decay_at(self.step)
+        if self.fused_update is not None:  # the same update as below, in one pass
+            grad_norm = self.fused_update.step(self.lr_at(self.step), ema_decay)
+        else:
+            grad_norm = None
+            if self.cfg.grad_clip > 0:
+                grad_norm = nn.utils.clip_grad_norm_(self._model_params, self.cfg.grad_clip)
+            self.optimizer.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - ema_decay)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - self.ema_decay_at(self.step))
+        if grad_norm is not None:
+            out.terms["grad_norm"] = grad_norm.detach()
         return out
 
     # -- the loop ------------------------------------------------------------------------------

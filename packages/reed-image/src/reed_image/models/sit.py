@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # name -> (depth, hidden_size, num_heads); patch size comes from the suffix (DiT/SiT table 1)
 SIZES = {
@@ -30,6 +31,14 @@ SIZES = {
     "XL": (28, 1152, 16),
 }
 PATCHES = (2, 4, 8)
+# attention kernels of F.scaled_dot_product_attention; "auto" keeps PyTorch's own choice
+ATTENTION_BACKENDS = {
+    "auto": None,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class SiTConfig:
     num_classes: int = 1000
     mlp_ratio: float = 4.0
     qk_norm: bool = False
+    attention: str = "auto"  # preferred SDPA kernel: auto | flash | cudnn | efficient | math
     depth: int | None = None
     hidden_size: int | None = None
     num_heads: int | None = None
@@ -56,6 +66,10 @@ class SiTConfig:
         depth = self.depth or depth
         hidden = self.hidden_size or hidden
         heads = self.num_heads or heads
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"model.attention: unknown {self.attention!r}; choose one of {list(ATTENTION_BACKENDS)}"
+            )
         if hidden % heads:
             raise ValueError(f"model.hidden_size {hidden} is not divisible by num_heads {heads}")
         if self.input_size % patch:
@@ -128,10 +142,20 @@ class LabelEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash on GPU)."""
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False):
+    ``backend`` (a key of ``ATTENTION_BACKENDS``) is tried first, the others after it where it
+    cannot run the inputs; ``"auto"`` leaves the order to PyTorch.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, backend: str = "auto"):
         super().__init__()
+        preferred = ATTENTION_BACKENDS[backend]
+        self.backends = (
+            None
+            if preferred is None
+            else [preferred] + [b for b in ATTENTION_BACKENDS.values() if b not in (None, preferred)]
+        )
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3)
@@ -144,7 +168,11 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, nh, N, hs)
         q, k = self.q_norm(q), self.k_norm(k)
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hs)
+        if self.backends is None:
+            x = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hs)
+        else:
+            with sdpa_kernel(self.backends, set_priority=True):
+                x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
@@ -162,10 +190,17 @@ class Mlp(nn.Module):
 class SiTBlock(nn.Module):
     """Transformer block with adaLN-Zero conditioning."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qk_norm: bool = False,
+        attention: str = "auto",
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm)
+        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm, backend=attention)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
@@ -231,7 +266,7 @@ class SiT(nn.Module):
             "pos_embed", torch.from_numpy(pos).float().unsqueeze(0), persistent=False
         )  # (1, N, D)
         self.blocks = nn.ModuleList(
-            [SiTBlock(hidden, heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(depth)]
+            [SiTBlock(hidden, heads, cfg.mlp_ratio, cfg.qk_norm, cfg.attention) for _ in range(depth)]
         )
         self.final_layer = FinalLayer(hidden, patch, self.out_channels)
         self.initialize_weights()

@@ -184,6 +184,8 @@ class TargetTable:
         """``z [B, L, D]`` on the training device for data-set rows ``index [B]`` (CPU long)."""
         index = index.cpu()
         if self.location == "device":
+            if self.device.type == "cuda":  # a pinned source keeps the copy asynchronous
+                index = index.pin_memory()
             return self.table.index_select(0, index.to(self.device, non_blocking=True))
         if self.location == "host":
             pin = self.device.type == "cuda"

@@ -1,0 +1,172 @@
+"""The parameter update of one training step, fused: gradient clipping, AdamW and the EMA.
+
+The reference update is three sweeps over every parameter-sized fp32 tensor:
+``clip_grad_norm_`` (read the gradients for the norm, then scale them in place),
+``AdamW.step`` (read ``theta, g, m, v``; write ``theta, m, v``) and the EMA (read ``theta_ema,
+theta``; write ``theta_ema``): about 52 bytes of memory traffic per parameter. Written as one
+chain of ``torch._foreach_*`` ops and compiled, inductor fuses it into a few horizontally batched
+kernels that read ``theta, g, m, v, theta_ema`` once and write ``theta, m, v, theta_ema`` once
+(about 40 bytes per parameter, plus the norm's read of ``g``). For SiT-XL/2 (675 M parameters)
+that is a few milliseconds of an H100 step.
+
+With step count ``t``, learning rate ``lr``, clip coefficient ``c`` and EMA rate ``r = 1 - decay``
+(exactly ``torch.optim.AdamW`` with ``amsgrad=False``, then ``torch.lerp``):
+
+    g        = c * grad,                       c = min(1, max_norm / (||grad||_2 + 1e-6))
+    m        = beta1 m + (1 - beta1) g
+    v        = beta2 v + (1 - beta2) g^2
+    theta    = theta (1 - lr wd) - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    theta_ema = theta_ema + r (theta - theta_ema)
+
+The moments live in a ``torch.optim.AdamW``'s ``state`` in its own format, so checkpoints are
+the same whichever update ran, and a run may resume with the other one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def clip_coefficient(grads: Sequence[torch.Tensor], max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(||g||_2, c)`` with ``c = min(1, max_norm / (||g||_2 + 1e-6))``, both 0-d, on the device.
+
+    The norm is that of :func:`torch.nn.utils.clip_grad_norm_`; no host synchronisation.
+    """
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return total, torch.clamp(max_norm / (total + 1e-6), max=1.0)
+
+
+def adamw_ema_update_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    ema_params: list[torch.Tensor],
+    step: torch.Tensor,
+    lr: torch.Tensor,
+    grad_coef: torch.Tensor,
+    ema_rate: torch.Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """One AdamW step then one EMA step, in place (the module docstring's equations).
+
+    ``step`` (the new step count ``t``, >= 1), ``lr``, ``grad_coef`` (``c``) and ``ema_rate``
+    (``r``) are 0-d fp32 tensors on the parameters' device, so one compiled graph serves every
+    step of a schedule without recompiling.
+    """
+    g = torch._foreach_mul(grads, grad_coef)
+    torch._foreach_lerp_(exp_avgs, g, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, g, g, 1.0 - beta2)
+    step_size = lr / (1.0 - torch.pow(beta1, step))
+    bias2_sqrt = torch.sqrt(1.0 - torch.pow(beta2, step))
+    denom = torch._foreach_div(torch._foreach_sqrt(exp_avg_sqs), bias2_sqrt)
+    torch._foreach_add_(denom, eps)
+    if weight_decay:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    update = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_mul_(update, step_size)
+    torch._foreach_sub_(params, update)
+    torch._foreach_lerp_(ema_params, params, ema_rate)
+
+
+class FusedUpdate:
+    """Clip + AdamW + EMA for ``optimizer``'s parameters and their ``ema_params``, in one pass.
+
+    ``optimizer`` is a ``torch.optim.AdamW`` (one parameter group, ``amsgrad=False``): it holds
+    the hyperparameters and the moments, in its usual ``state_dict`` format; its ``step()`` is not
+    called. ``compile=True`` compiles :func:`adamw_ema_update_` (on CUDA: fused Triton kernels).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.AdamW,
+        ema_params: Sequence[torch.Tensor],
+        max_grad_norm: float = 0.0,
+        compile: bool = False,
+    ):
+        if len(optimizer.param_groups) != 1:
+            raise ValueError("FusedUpdate: expected one parameter group")
+        group = optimizer.param_groups[0]
+        if group.get("amsgrad") or group.get("maximize"):
+            raise ValueError("FusedUpdate: amsgrad / maximize are not supported")
+        self.optimizer = optimizer
+        self.params: list[torch.Tensor] = list(group["params"])
+        self.ema_params = list(ema_params)
+        if len(self.ema_params) != len(self.params):
+            raise ValueError(
+                f"FusedUpdate: {len(self.params)} parameters but {len(self.ema_params)} EMA parameters"
+            )
+        self.max_grad_norm = float(max_grad_norm)
+        device = self.params[0].device
+        self._lr = torch.zeros((), device=device)
+        self._ema_rate = torch.zeros((), device=device)
+        self._one = torch.ones((), device=device)
+        self._update: Callable[..., None] = (
+            torch.compile(adamw_ema_update_, fullgraph=True) if compile else adamw_ema_update_
+        )
+
+    def _state(
+        self, params: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """``step``, ``exp_avg``, ``exp_avg_sq`` of ``params`` in the optimizer's state (created as
+        AdamW creates them)."""
+        state = self.optimizer.state
+        for p in params:
+            if not state[p]:
+                state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return (
+            [state[p]["step"] for p in params],
+            [state[p]["exp_avg"] for p in params],
+            [state[p]["exp_avg_sq"] for p in params],
+        )
+
+    @torch.no_grad()
+    def step(self, lr: float, ema_decay: float) -> torch.Tensor | None:
+        """Update parameters and EMA from the current gradients; returns ``||g||`` when clipping."""
+        group = self.optimizer.param_groups[0]
+        group["lr"] = lr
+        self._ema_rate.fill_(1.0 - ema_decay)
+        # as AdamW does, a parameter without a gradient is not stepped; its EMA still moves
+        chosen = [i for i, p in enumerate(self.params) if p.grad is not None]
+        idle = [i for i, p in enumerate(self.params) if p.grad is None]
+        if idle:
+            torch._foreach_lerp_(
+                [self.ema_params[i] for i in idle], [self.params[i] for i in idle], self._ema_rate
+            )
+        if not chosen:
+            return None
+        params = [self.params[i] for i in chosen]
+        ema_params = [self.ema_params[i] for i in chosen]
+        grads = [p.grad for p in params]
+        grad_norm = None
+        grad_coef = self._one
+        if self.max_grad_norm > 0:
+            grad_norm, grad_coef = clip_coefficient(grads, self.max_grad_norm)
+        steps, exp_avgs, exp_avg_sqs = self._state(params)
+        torch._foreach_add_(steps, 1.0)
+        self._lr.fill_(lr)
+        beta1, beta2 = group["betas"]
+        self._update(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            ema_params,
+            steps[0].to(self._lr.device, torch.float32),
+            self._lr,
+            grad_coef,
+            self._ema_rate,
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+        )
+        return grad_norm

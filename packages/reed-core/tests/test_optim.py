@@ -1,0 +1,142 @@
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from reed_core.examples.toy2d import Toy2DConfig, ToyTask
+from reed_core.optim import FusedUpdate, clip_coefficient
+from reed_core.train import Trainer, read_metrics
+
+
+def net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 16), nn.GELU(), nn.Linear(16, 16), nn.LayerNorm(16), nn.Linear(16, 3))
+
+
+def reference_step(model, ema, opt, lr, decay, max_norm):
+    for group in opt.param_groups:
+        group["lr"] = lr
+    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm) if max_norm > 0 else None
+    opt.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    return norm
+
+
+def set_grads(models, step):
+    g = torch.Generator().manual_seed(100 + step)
+    for params in zip(*(m.parameters() for m in models)):
+        grad = torch.randn(params[0].shape, generator=g) * (5.0 if step % 2 else 0.01)
+        for p in params:
+            p.grad = grad.clone()
+
+
+@pytest.mark.parametrize("max_norm,weight_decay", [(1.0, 0.0), (1.0, 0.05), (0.0, 0.05)])
+def test_fused_update_is_clip_then_adamw_then_ema(max_norm, weight_decay):
+    ref, fused = net(), net()
+    ref_ema, fused_ema = copy.deepcopy(ref), copy.deepcopy(fused)
+    kw = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
+    ref_opt = torch.optim.AdamW(ref.parameters(), **kw)
+    fused_opt = torch.optim.AdamW(fused.parameters(), **kw)
+    update = FusedUpdate(fused_opt, list(fused_ema.parameters()), max_grad_norm=max_norm)
+    for step in range(6):  # large gradients on odd steps: clipping acts on those only
+        set_grads([ref, fused], step)
+        lr, decay = 1e-3 * (step + 1), min(0.999, (1 + step) / (10 + step))
+        ref_norm = reference_step(ref, ref_ema, ref_opt, lr, decay, max_norm)
+        fused_norm = update.step(lr, decay)
+        if max_norm > 0:
+            torch.testing.assert_close(fused_norm, ref_norm)
+        else:
+            assert fused_norm is None
+    for a, b in zip(ref.parameters(), fused.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    for a, b in zip(ref_ema.parameters(), fused_ema.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    ref_state, fused_state = ref_opt.state_dict()["state"], fused_opt.state_dict()["state"]
+    assert ref_state.keys() == fused_state.keys()
+    for k in ref_state:
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(fused_state[k][name], ref_state[k][name], rtol=1e-6, atol=1e-9)
+
+
+def test_parameter_without_gradient_is_not_stepped_but_its_ema_follows_it():
+    model = net()
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.zero_()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    update = FusedUpdate(opt, list(ema.parameters()), max_grad_norm=1.0)
+    frozen = model[0].weight
+    before = frozen.detach().clone()
+    set_grads([model], 0)
+    frozen.grad = None
+    update.step(1e-2, 0.5)
+    torch.testing.assert_close(frozen, before, rtol=0, atol=0)  # no weight decay, no step
+    assert frozen not in opt.state or not opt.state[frozen]
+    torch.testing.assert_close(ema[0].weight, 0.5 * before)
+    assert not torch.equal(model[2].weight, net()[2].weight)  # the others did move
+
+
+def test_clip_coefficient_matches_clip_grad_norm():
+    grads = [torch.randn(7, 3) * 4, torch.randn(11)]
+    norm, coef = clip_coefficient(grads, 2.0)
+    torch.testing.assert_close(norm, torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])))
+    torch.testing.assert_close(coef, 2.0 / (norm + 1e-6))
+    _, coef = clip_coefficient([g * 1e-4 for g in grads], 2.0)
+    assert coef.item() == 1.0
+
+
+def test_fused_update_refuses_what_it_does_not_implement():
+    model = net()
+    with pytest.raises(ValueError, match="amsgrad"):
+        FusedUpdate(torch.optim.AdamW(model.parameters(), amsgrad=True), list(model.parameters()))
+    with pytest.raises(ValueError, match="EMA parameters"):
+        FusedUpdate(torch.optim.AdamW(model.parameters()), list(model.parameters())[:2])
+
+
+def toy(run_dir, steps, fused_update):
+    cfg = Toy2DConfig(num_examples=512, width=32, depth=3, eval_samples=64, sample_steps=4)
+    train = replace(
+        cfg.train,
+        run_dir=str(run_dir),
+        steps=steps,
+        batch_size=32,
+        log_every=1,
+        ckpt_every=3,
+        progress_bar=False,
+        tensorboard=False,
+        weight_decay=0.01,
+        lr_warmup_steps=3,
+        fused_update=fused_update,
+    )
+    cfg = replace(cfg, train=train)
+    return Trainer(cfg.train, ToyTask(cfg), experiment_config=cfg)
+
+
+def test_trainer_with_fused_update_trains_as_the_reference_and_resumes_across_them(tmp_path):
+    reference = toy(tmp_path / "ref", 6, "off")
+    assert reference.fused_update is None
+    reference.fit()
+    first = toy(tmp_path / "mixed", 3, "on")  # fused for 3 steps, checkpoint, reference for 3
+    assert first.fused_update is not None
+    first.fit()
+    resumed = toy(tmp_path / "mixed", 6, "off")
+    resumed.fit()
+    a = [m for m in read_metrics(tmp_path / "ref") if "loss" in m]
+    b = [m for m in read_metrics(tmp_path / "mixed") if "loss" in m]
+    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
+    for ma, mb in zip(a, b):
+        assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-5)
+        assert mb["grad_norm"] == pytest.approx(ma["grad_norm"], rel=1e-5)
+    for pa, pb in zip(reference.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+    for pa, pb in zip(reference.ema.parameters(), resumed.ema.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_fused_update_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="train.fused_update"):
+        toy(tmp_path, 1, "yes")

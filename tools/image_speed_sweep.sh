@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The speed measurements of docs/results/image.md on one GPU: SDPA kernels for SiT-XL/2's attention,
+# then tools/bench_image.py (SiT-XL/2, batch 64, two stored targets, compiled) for
+#   v0  the reference update (clip_grad_norm_ + fused AdamW + foreach EMA), PyTorch's attention choice
+#   v1  the fused update (reed_core.optim)
+#   v2  v1 + the fastest attention kernel of the sweep
+#   v3  v2 + inductor multi-kernel (persistent reductions over the 1152-wide rows, benchmarked)
+#   v4  v2 + inductor coordinate-descent tuning of the elementwise/reduction kernels
+#   v5  v2 + CUDA graphs (compile mode reduce-overhead)
+#   v6  v2 + max-autotune of the matmuls only (Triton templates with fused epilogues vs cuBLAS)
+# Each variant is its own process under a time limit; results land in $OUT (default runs/speed).
+#
+#     OUT=runs/speed bash tools/image_speed_sweep.sh
+set -uo pipefail
+OUT="${OUT:-runs/speed}"
+LIMIT="${LIMIT:-150}"
+VARIANTS="${VARIANTS:-v0 v1 v2 v3 v4}"
+mkdir -p "$OUT"
+export PYTHONPATH="packages/reed-core/src:packages/reed-image/src${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python}"
+
+nvidia-smi --query-gpu=name,power.limit,clocks.max.sm --format=csv > "$OUT/gpu.csv" 2>&1
+if [ -z "${ATTENTION:-}" ]; then
+"$PY" tools/bench_attention.py > "$OUT/attention.json" 2> "$OUT/attention.err"
+cat "$OUT/attention.json"
+best=$("$PY" - "$OUT/attention.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+times = {k: v["fwd_bwd_ms"] for k, v in r.items() if isinstance(v, dict) and "fwd_bwd_ms" in v}
+print(min(times, key=times.get) if times else "auto")
+EOF
+)
+fi
+best="${ATTENTION:-${best:-auto}}"
+echo "fastest attention kernel: $best"
+
+bench() {  # name, flags...
+    local name=$1
+    shift
+    echo "== $name: $*"
+    timeout "$LIMIT" "$PY" tools/bench_image.py --json "$OUT/$name.json" "$@" >> "$OUT/bench.log" 2>&1
+    echo "   rc=$? $(tr -d '\n ' 2>/dev/null < "$OUT/$name.json" | head -c 400)"
+}
+for v in $VARIANTS; do
+    case $v in
+        v0) bench v0 --fused-update off ;;
+        v1) bench v1 --fused-update on --profile "$OUT/v1_profile.txt" --steps 20 ;;
+        v2) bench v2 --fused-update on --attention "$best" ;;
+        v3) bench v3 --fused-update on --attention "$best" --inductor triton.multi_kernel=1 ;;
+        v4) bench v4 --fused-update on --attention "$best" --inductor coordinate_descent_tuning=True ;;
+        v5) bench v5 --fused-update on --attention "$best" --compile-mode reduce-overhead ;;
+        v6) bench v6 --fused-update on --attention "$best" --inductor max_autotune_gemm=True \
+                --inductor "max_autotune_gemm_backends='ATEN,TRITON'" ;;
+    esac
+done
