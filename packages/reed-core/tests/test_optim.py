@@ -1,13 +1,10 @@
 import copy
-from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn as nn
 
-from reed_core.examples.toy2d import Toy2DConfig, ToyTask
 from reed_core.optim import FusedUpdate, clip_coefficient
-from reed_core.train import Trainer, read_metrics
 
 
 def net(seed=0):
@@ -95,48 +92,3 @@ def test_fused_update_refuses_what_it_does_not_implement():
         FusedUpdate(torch.optim.AdamW(model.parameters(), amsgrad=True), list(model.parameters()))
     with pytest.raises(ValueError, match="EMA parameters"):
         FusedUpdate(torch.optim.AdamW(model.parameters()), list(model.parameters())[:2])
-
-
-def toy(run_dir, steps, fused_update):
-    cfg = Toy2DConfig(num_examples=512, width=32, depth=3, eval_samples=64, sample_steps=4)
-    train = replace(
-        cfg.train,
-        run_dir=str(run_dir),
-        steps=steps,
-        batch_size=32,
-        log_every=1,
-        ckpt_every=3,
-        progress_bar=False,
-        tensorboard=False,
-        weight_decay=0.01,
-        lr_warmup_steps=3,
-        fused_update=fused_update,
-    )
-    cfg = replace(cfg, train=train)
-    return Trainer(cfg.train, ToyTask(cfg), experiment_config=cfg)
-
-
-def test_trainer_with_fused_update_trains_as_the_reference_and_resumes_across_them(tmp_path):
-    reference = toy(tmp_path / "ref", 6, "off")
-    assert reference.fused_update is None
-    reference.fit()
-    first = toy(tmp_path / "mixed", 3, "on")  # fused for 3 steps, checkpoint, reference for 3
-    assert first.fused_update is not None
-    first.fit()
-    resumed = toy(tmp_path / "mixed", 6, "off")
-    resumed.fit()
-    a = [m for m in read_metrics(tmp_path / "ref") if "loss" in m]
-    b = [m for m in read_metrics(tmp_path / "mixed") if "loss" in m]
-    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
-    for ma, mb in zip(a, b):
-        assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-5)
-        assert mb["grad_norm"] == pytest.approx(ma["grad_norm"], rel=1e-5)
-    for pa, pb in zip(reference.model.parameters(), resumed.model.parameters()):
-        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
-    for pa, pb in zip(reference.ema.parameters(), resumed.ema.parameters()):
-        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
-
-
-def test_unknown_fused_update_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="train.fused_update"):
-        toy(tmp_path, 1, "yes")

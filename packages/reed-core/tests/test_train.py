@@ -83,3 +83,33 @@ def test_epoch_sampler_splits_one_global_batch_over_ranks():
     assert len(set(epoch0.tolist())) == 96  # no repeats inside an epoch
     assert not np.array_equal(sampler.indices(0), sampler.indices(12))  # reshuffled each epoch
     assert np.array_equal(EpochSampler(100, 8, seed=3).indices(13), sampler.indices(13))
+
+
+DECAY_AND_WARMUP = dict(weight_decay=0.01, lr_warmup_steps=3)
+
+
+def test_trainer_with_fused_update_trains_as_the_reference_and_resumes_across_them(tmp_path):
+    reference = fit(tiny(tmp_path / "ref", 6, fused_update="off", **DECAY_AND_WARMUP))
+    assert reference.fused_update is None
+    reference.fit()
+    # fused for 3 steps, checkpoint, then the reference update for 3
+    first = fit(tiny(tmp_path / "mixed", 3, fused_update="on", **DECAY_AND_WARMUP))
+    assert first.fused_update is not None
+    first.fit()
+    resumed = fit(tiny(tmp_path / "mixed", 6, fused_update="off", **DECAY_AND_WARMUP))
+    resumed.fit()
+    a = [m for m in read_metrics(tmp_path / "ref") if "loss" in m]
+    b = [m for m in read_metrics(tmp_path / "mixed") if "loss" in m]
+    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
+    for ma, mb in zip(a, b):
+        assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-5)
+        assert mb["grad_norm"] == pytest.approx(ma["grad_norm"], rel=1e-5)
+    for pa, pb in zip(reference.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+    for pa, pb in zip(reference.ema.parameters(), resumed.ema.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_fused_update_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="train.fused_update"):
+        tiny(tmp_path, 1, fused_update="yes")
