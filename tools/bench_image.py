@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from reed_core.features import FeatureStoreWriter
-from reed_core.train import Trainer
+from reed_core.train import FUSED_UPDATE, Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
-from reed_image.models.sit import SiTConfig
+from reed_image.models.sit import ATTENTION_BACKENDS, SiTConfig
 
 
 def block_matmul_flops(depth: int, hidden: int, tokens: int, mlp_ratio: float = 4.0) -> float:
@@ -99,8 +99,10 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=1024, help="size of the fixture data set")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode (train.compile_mode)")
-    p.add_argument("--attention", default="auto", help="preferred SDPA kernel (model.attention)")
-    p.add_argument("--fused-update", default="auto", help="clip+AdamW+EMA in one pass (train.fused_update)")
+    p.add_argument(
+        "--attention", default="auto", choices=list(ATTENTION_BACKENDS), help="preferred SDPA kernel"
+    )
+    p.add_argument("--fused-update", default="auto", choices=FUSED_UPDATE, help="clip+AdamW+EMA in one pass")
     p.add_argument(
         "--inductor",
         action="append",
