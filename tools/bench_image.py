@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from reed_core.features import FeatureStoreWriter
+from reed_core.float8 import FLOAT8_RECIPES
 from reed_core.train import FUSED_UPDATE, Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
 from reed_image.models.sit import ATTENTION_BACKENDS, SiTConfig
@@ -100,9 +101,22 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode (train.compile_mode)")
     p.add_argument(
+        "--compile-regions",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="compile only these submodules (train.compile_regions), e.g. 'denoiser.blocks.*' 'aligner'",
+    )
+    p.add_argument(
         "--attention", default="auto", choices=list(ATTENTION_BACKENDS), help="preferred SDPA kernel"
     )
     p.add_argument("--fused-update", default="auto", choices=FUSED_UPDATE, help="clip+AdamW+EMA in one pass")
+    p.add_argument(
+        "--float8",
+        default="off",
+        choices=FLOAT8_RECIPES,
+        help="FP8 matmuls for the blocks' linear layers (train.float8, torchao)",
+    )
     p.add_argument(
         "--inductor",
         action="append",
@@ -164,7 +178,9 @@ def main() -> None:
                 batch_size=args.batch,
                 compile=not args.no_compile,
                 compile_mode=args.compile_mode,
+                compile_regions=tuple(args.compile_regions),
                 fused_update=args.fused_update,
+                float8=args.float8,
                 device=args.device,
                 steps=10**9,
                 progress_bar=False,
@@ -205,8 +221,11 @@ def main() -> None:
         "params_M": round(n_params / 1e6, 1),
         "batch": args.batch,
         "compile": False if args.no_compile else args.compile_mode,
+        "compile_regions": trainer.compiled_regions[:2] + ["..."] * (len(trainer.compiled_regions) > 2),
         "attention": args.attention,
         "fused_update": trainer.fused_update is not None,
+        "float8": args.float8,
+        "float8_layers": len(trainer.float8_layers),
         "inductor": inductor,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "images_per_s": round(images_per_s, 1),

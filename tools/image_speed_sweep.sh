@@ -8,9 +8,14 @@
 #   v4  v2 + inductor coordinate-descent tuning of the elementwise/reduction kernels
 #   v5  v2 + CUDA graphs (compile mode reduce-overhead)
 #   v6  v2 + max-autotune of the matmuls only (Triton templates with fused epilogues vs cuBLAS)
-# Each variant is its own process under a time limit; results land in $OUT (default runs/speed).
+#   f1  v1 + FP8 matmuls in the blocks, per-tensor scales (train.float8=tensorwise, torchao)
+#   f2  v1 + FP8 matmuls in the blocks, per-row scales (train.float8=rowwise)
+#   f3  v1 + FP8 matmuls, per-row scales, weight gradients in bf16 (rowwise_with_gw_hp)
+# Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
+# runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
+# REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
 #
-#     OUT=runs/speed bash tools/image_speed_sweep.sh
+#     OUT=runs/speed VARIANTS="v1 f1" bash tools/image_speed_sweep.sh
 set -uo pipefail
 OUT="${OUT:-runs/speed}"
 LIMIT="${LIMIT:-150}"
@@ -34,9 +39,12 @@ fi
 best="${ATTENTION:-${best:-auto}}"
 echo "fastest attention kernel: $best"
 
-bench() {  # name, flags...
+bench() {  # name, flags...; PROFILE="v1 f1" also writes those variants' kernel tables
     local name=$1
     shift
+    case " ${PROFILE:-} " in *" $name "*) set -- "$@" --profile "$OUT/${name}_profile.txt" ;; esac
+    # shellcheck disable=SC2086  # REGIONS is a list of patterns
+    if [ -n "${REGIONS:-}" ]; then set -f; set -- "$@" --compile-regions $REGIONS; set +f; fi
     echo "== $name: $*"
     timeout "$LIMIT" "$PY" tools/bench_image.py --json "$OUT/$name.json" "$@" >> "$OUT/bench.log" 2>&1
     echo "   rc=$? $(tr -d '\n ' 2>/dev/null < "$OUT/$name.json" | head -c 400)"
@@ -44,12 +52,16 @@ bench() {  # name, flags...
 for v in $VARIANTS; do
     case $v in
         v0) bench v0 --fused-update off ;;
-        v1) bench v1 --fused-update on --profile "$OUT/v1_profile.txt" --steps 20 ;;
+        v1) bench v1 --fused-update on ;;
         v2) bench v2 --fused-update on --attention "$best" ;;
         v3) bench v3 --fused-update on --attention "$best" --inductor triton.multi_kernel=1 ;;
         v4) bench v4 --fused-update on --attention "$best" --inductor coordinate_descent_tuning=True ;;
         v5) bench v5 --fused-update on --attention "$best" --compile-mode reduce-overhead ;;
         v6) bench v6 --fused-update on --attention "$best" --inductor max_autotune_gemm=True \
                 --inductor "max_autotune_gemm_backends='ATEN,TRITON'" ;;
+        f1) bench f1 --fused-update on --float8 tensorwise ;;
+        f2) bench f2 --fused-update on --float8 rowwise ;;
+        f3) bench f3 --fused-update on --float8 rowwise_with_gw_hp ;;
+        *) echo "unknown variant $v" ;;
     esac
 done

@@ -3,6 +3,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+from torchao.float8.float8_linear import Float8Linear
 
 from reed_core.examples.toy2d import Toy2DConfig, ToyTask
 from reed_core.train import CheckpointError, EpochSampler, Trainer, load_checkpoint, read_metrics
@@ -113,3 +115,45 @@ def test_trainer_with_fused_update_trains_as_the_reference_and_resumes_across_th
 def test_unknown_fused_update_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="train.fused_update"):
         tiny(tmp_path, 1, fused_update="yes")
+
+
+def test_trainer_trains_in_float8_keeps_a_plain_ema_and_resumes_without_it(tmp_path):
+    patterns = ("denoiser.blocks.*",)
+    first = fit(tiny(tmp_path / "run", 3, float8="tensorwise", float8_modules=patterns))
+    assert first.float8_layers and all(".blocks." in name for name in first.float8_layers)
+    converted = dict(first.model.named_modules())
+    assert all(isinstance(converted[name], Float8Linear) for name in first.float8_layers)
+    ema_modules = dict(first.ema.named_modules())
+    assert all(type(ema_modules[name]) is nn.Linear for name in first.float8_layers)
+    first.fit()
+    # the checkpoint holds plain tensors: the run goes on in bf16/fp32 matmuls
+    resumed = fit(tiny(tmp_path / "run", 5, float8="off"))
+    resumed.fit()
+    steps = [m for m in read_metrics(tmp_path / "run") if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4, 5]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in steps)
+
+
+def test_trainer_float8_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="train.float8: unknown 'e4m3'"):
+        tiny(tmp_path, 1, float8="e4m3")
+    with pytest.raises(ValueError, match="train.float8_modules"):
+        tiny(tmp_path, 1, float8="tensorwise", float8_modules=())
+    cfg = tiny(tmp_path, 1, float8="tensorwise", float8_modules=("denoiser.*",))  # embed is 18 -> 32
+    with pytest.raises(ValueError, match="layer 'denoiser.embed'"):
+        fit(cfg)
+
+
+def test_compile_regions_compiles_each_outermost_match_and_trains_as_eager(tmp_path):
+    eager = fit(tiny(tmp_path / "eager", 3))
+    eager.fit()
+    regions = fit(tiny(tmp_path / "regions", 3, compile=True, compile_regions=("denoiser.blocks.*",)))
+    assert regions.compiled_regions == [f"denoiser.blocks.{i}" for i in range(3)]  # not their children
+    assert regions.train_model is regions.model  # the rest of the model stays eager
+    regions.fit()
+    a = [m["loss"] for m in read_metrics(tmp_path / "eager") if "loss" in m]
+    b = [m["loss"] for m in read_metrics(tmp_path / "regions") if "loss" in m]
+    assert b == pytest.approx(a, rel=1e-4)
+    assert list(regions.model.state_dict()) == list(eager.model.state_dict())  # no _orig_mod prefix
+    with pytest.raises(ValueError, match=r"train.compile_regions: no submodule .*\['encoder.\*'\]"):
+        fit(tiny(tmp_path / "none", 1, compile=True, compile_regions=("encoder.*",)))

@@ -29,6 +29,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -39,6 +40,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from reed_core.config import config_to_dict, save_config
+from reed_core.float8 import FLOAT8_RECIPES, convert_to_float8
 from reed_core.objective import ObjectiveOutput
 from reed_core.optim import FusedUpdate
 
@@ -62,8 +64,15 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs | ...
+    # compile only these submodules (fnmatch patterns, outermost matches), e.g. the repeated blocks:
+    # identical blocks share one compiled graph instead of one inlined copy per block in a whole graph.
+    # Empty: compile the whole model as one graph.
+    compile_regions: tuple[str, ...] = ()
     # clip + AdamW + EMA as one compiled pass (reed_core.optim); auto: on when compiling on CUDA
     fused_update: str = "auto"  # auto | on | off
+    # FP8 matmuls for the nn.Linear layers named by float8_modules (fnmatch patterns), reed_core.float8
+    float8: str = "off"  # off | tensorwise | rowwise | rowwise_with_gw_hp
+    float8_modules: tuple[str, ...] = ("*",)
     log_every: int = 50
     ckpt_every: int = 1000
     eval_every: int = 0  # 0: evaluate only at the end (if the task can)
@@ -92,6 +101,13 @@ class TrainConfig:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision: unknown {self.precision!r}; choose one of {PRECISIONS}")
+        if self.float8 not in FLOAT8_RECIPES:
+            raise ValueError(f"train.float8: unknown {self.float8!r}; choose one of {FLOAT8_RECIPES}")
+        if isinstance(self.float8_modules, str) or not self.float8_modules:
+            raise ValueError(
+                "train.float8_modules: expected a non-empty list of name patterns, "
+                f"got {self.float8_modules!r}"
+            )
 
 
 @runtime_checkable
@@ -204,6 +220,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def compile_regions(model: nn.Module, patterns: tuple[str, ...], mode: str = "default") -> list[str]:
+    """Compile, in place, each submodule whose qualified name matches one of ``patterns``.
+
+    Only outermost matches are compiled (a match inside a compiled module is part of its graph).
+    Returns the compiled names; raises ``ValueError`` naming the patterns when nothing matches.
+    """
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if not name or not any(fnmatchcase(name, p) for p in patterns):
+            continue
+        if any(name.startswith(parent + ".") for parent in names):
+            continue
+        module.compile(mode=mode)
+        names.append(name)
+    if not names:
+        raise ValueError(f"train.compile_regions: no submodule of the model matches {list(patterns)}")
+    return names
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return getattr(model, "module", model)  # DDP
@@ -239,6 +274,9 @@ class Trainer:
 
         self.model = task.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.float8_layers: list[str] = []  # the EMA keeps plain nn.Linear: it samples in bf16/fp32
+        if cfg.float8 != "off":
+            self.float8_layers = convert_to_float8(self.model, cfg.float8, cfg.float8_modules)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params,
@@ -247,12 +285,15 @@ class Trainer:
             weight_decay=cfg.weight_decay,
             fused=self.device.type == "cuda",
         )
+        self.compiled_regions: list[str] = []
+        if cfg.compile and cfg.compile_regions:  # in place, before DDP wraps the model
+            self.compiled_regions = compile_regions(self.model, cfg.compile_regions, cfg.compile_mode)
         train_model: nn.Module = self.model
         if self.dist.world > 1:
             train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if kind == "cuda" else None
             )
-        if cfg.compile:
+        if cfg.compile and not cfg.compile_regions:
             train_model = torch.compile(train_model, mode=cfg.compile_mode)
         self.train_model = train_model
         self._ema_params = list(self.ema.parameters())

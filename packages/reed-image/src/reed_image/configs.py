@@ -23,6 +23,14 @@ from reed_image.models.sit import SiTConfig
 from reed_image.samplers import SamplerConfig
 
 TARGET_KINDS = ("vision", "caption")
+# the token-by-feature matmuls of SiT's blocks: what train.float8 converts (the per-sample adaLN
+# linears, embedders, final layer and alignment projectors stay in bf16)
+SIT_FLOAT8_MODULES = (
+    "denoiser.blocks.*.attn.qkv",
+    "denoiser.blocks.*.attn.proj",
+    "denoiser.blocks.*.mlp.fc1",
+    "denoiser.blocks.*.mlp.fc2",
+)
 LOCATIONS = ("host", "device", "mmap")
 
 
@@ -140,6 +148,7 @@ def imagenet_reed() -> ImageConfig:
             curriculum=CurriculumConfig(w_diff=linear_warmup(0, 50_000), w_align=constant()),
         ),
         train=TrainConfig(
+            float8_modules=SIT_FLOAT8_MODULES,
             run_dir="runs/imagenet-reed",
             steps=4_000_000,
             batch_size=256,
@@ -173,6 +182,7 @@ def fmnist_vanilla() -> ImageConfig:
         data=DataConfig(source="fashion-mnist", resolution=32, fit="pad"),
         objective=ObjectiveConfig(targets=_fmnist_targets(vision=False, caption=False)),
         train=TrainConfig(
+            float8_modules=SIT_FLOAT8_MODULES,
             run_dir="runs/fmnist-vanilla",
             steps=2000,
             batch_size=128,
@@ -240,6 +250,7 @@ def quickstart() -> ImageConfig:
             curriculum=CurriculumConfig(w_diff=linear_warmup(0, 20), w_align=constant()),
         ),
         train=TrainConfig(
+            float8_modules=SIT_FLOAT8_MODULES,
             run_dir="runs/quickstart",
             steps=600,
             batch_size=32,
