@@ -112,6 +112,11 @@ def main() -> None:
     )
     p.add_argument("--fused-update", default="auto", choices=FUSED_UPDATE, help="clip+AdamW+EMA in one pass")
     p.add_argument(
+        "--fused-adaln",
+        action="store_true",
+        help="residual add + LayerNorm + modulate as one Triton kernel each way (model.fused_adaln)",
+    )
+    p.add_argument(
         "--float8",
         default="off",
         choices=FLOAT8_RECIPES,
@@ -150,7 +155,12 @@ def main() -> None:
 
     base = imagenet_reed()
     model = SiTConfig(
-        arch=args.arch, input_size=32, in_channels=4, num_classes=1000, attention=args.attention
+        arch=args.arch,
+        input_size=32,
+        in_channels=4,
+        num_classes=1000,
+        attention=args.attention,
+        fused_adaln=args.fused_adaln,
     )
     if args.tiny:
         model = replace(model, depth=4, hidden_size=64, num_heads=4)
@@ -224,6 +234,7 @@ def main() -> None:
         "compile_regions": trainer.compiled_regions[:2] + ["..."] * (len(trainer.compiled_regions) > 2),
         "attention": args.attention,
         "fused_update": trainer.fused_update is not None,
+        "fused_adaln": args.fused_adaln,
         "float8": args.float8,
         "float8_layers": len(trainer.float8_layers),
         "inductor": inductor,

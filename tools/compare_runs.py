@@ -51,8 +51,10 @@ def main() -> None:
         summary["max_abs_gap_smoothed"] = float(gap.max())
         summary["max_rel_gap_smoothed"] = float(rel.max())
         summary["mean_rel_gap_smoothed"] = float(rel.mean())
-        print(f"smoothed ({args.window} records) gap: max {gap.max():.4f} abs, "
-              f"max {100 * rel.max():.2f}% / mean {100 * rel.mean():.2f}% relative")
+        print(
+            f"smoothed ({args.window} records) gap: max {gap.max():.4f} abs, "
+            f"max {100 * rel.max():.2f}% / mean {100 * rel.mean():.2f}% relative"
+        )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     if args.plot:

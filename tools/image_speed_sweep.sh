@@ -11,11 +11,18 @@
 #   f1  v1 + FP8 matmuls in the blocks, per-tensor scales (train.float8=tensorwise, torchao)
 #   f2  v1 + FP8 matmuls in the blocks, per-row scales (train.float8=rowwise)
 #   f3  v1 + FP8 matmuls, per-row scales, weight gradients in bf16 (rowwise_with_gw_hp)
+#   a1  v1 + fused residual/LayerNorm/modulate Triton kernels (model.fused_adaln)
+#   a2  f1 + fused residual/LayerNorm/modulate kernels
+#   a3  f2 + fused residual/LayerNorm/modulate kernels
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
 #
-#     OUT=runs/speed VARIANTS="v1 f1" bash tools/image_speed_sweep.sh
+#     OUT=runs/speed VARIANTS="v1 a1" REGIONS="denoiser.blocks.* aligner" bash tools/image_speed_sweep.sh
+#     python tools/image_speed_report.py runs/speed --out docs/results/image_speed_regions   # JSON + PNG
+#
+# FP8 variants need torchao (reed-core[float8]). A cold whole-model compile of SiT-XL/2 took over
+# 185 s on the H100; with REGIONS the warm-up is 21-34 s.
 set -uo pipefail
 OUT="${OUT:-runs/speed}"
 LIMIT="${LIMIT:-150}"
@@ -62,6 +69,9 @@ for v in $VARIANTS; do
         f1) bench f1 --fused-update on --float8 tensorwise ;;
         f2) bench f2 --fused-update on --float8 rowwise ;;
         f3) bench f3 --fused-update on --float8 rowwise_with_gw_hp ;;
+        a1) bench a1 --fused-update on --fused-adaln ;;
+        a2) bench a2 --fused-update on --fused-adaln --float8 tensorwise ;;
+        a3) bench a3 --fused-update on --fused-adaln --float8 rowwise ;;
         *) echo "unknown variant $v" ;;
     esac
 done

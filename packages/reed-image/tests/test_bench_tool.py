@@ -33,6 +33,9 @@ def test_bench_tool_tiny_cpu(tmp_path):
             "1",
             "--fused-update",
             "on",
+            "--fused-adaln",
+            "--float8",
+            "tensorwise",
             "--json",
             str(out),
         ],
@@ -44,7 +47,8 @@ def test_bench_tool_tiny_cpu(tmp_path):
     result = json.loads(out.read_text())
     assert result["images_per_s"] > 0 and result["final_loss"] > 0
     assert result["block_matmul_TFLOP_per_s"] >= 0 and result["batch"] == 4
-    assert result["fused_update"] is True
+    assert result["fused_update"] is True and result["fused_adaln"] is True
+    assert result["float8"] == "tensorwise" and result["float8_layers"] == 4 * 4  # qkv, proj, fc1, fc2
 
 
 def test_block_flops_formula():

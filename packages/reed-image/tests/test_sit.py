@@ -145,6 +145,30 @@ def test_preferred_attention_kernel_gives_the_same_velocity(backend):
     torch.testing.assert_close(chosen(x, tau, y), v, rtol=1e-4, atol=1e-5)
 
 
+def test_fused_adaln_blocks_compute_the_same_velocity_and_gradients():
+    """The fused wiring (reference path on the CPU; the Triton kernels are tested in
+    test_fused_adaln.py) against the unfused block, with non-zero gates so every term counts."""
+    base = SiTConfig(
+        arch="SiT-S/4", input_size=16, in_channels=1, num_classes=10, depth=2, hidden_size=32, num_heads=2
+    )
+    torch.manual_seed(0)
+    plain = SiT(base).double()
+    for block in plain.blocks:
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.5)
+        torch.nn.init.normal_(block.adaLN_modulation[-1].bias, std=0.5)
+    torch.nn.init.normal_(plain.final_layer.linear.weight, std=0.5)
+    fused = SiT(SiTConfig(**{**base.__dict__, "fused_adaln": True})).double()
+    fused.load_state_dict(plain.state_dict())
+    x, tau, y = torch.randn(3, 1, 16, 16).double(), torch.rand(3).double(), torch.tensor([0, 4, 10])
+    v_plain, v_fused = plain(x, tau, y), fused(x, tau, y)
+    assert v_plain.abs().mean() > 1e-3
+    torch.testing.assert_close(v_fused, v_plain)
+    (v_plain**2).sum().backward()
+    (v_fused**2).sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
 def test_unknown_attention_kernel_is_a_clear_error():
     with pytest.raises(ValueError, match="model.attention: unknown 'fast'"):
         SiT(SiTConfig(arch="SiT-S/4", input_size=16, attention="fast"))

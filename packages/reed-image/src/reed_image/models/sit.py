@@ -23,6 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from reed_image.models.fused_adaln import add_norm_modulate
+
 # name -> (depth, hidden_size, num_heads); patch size comes from the suffix (DiT/SiT table 1)
 SIZES = {
     "S": (12, 384, 6),
@@ -55,6 +57,9 @@ class SiTConfig:
     mlp_ratio: float = 4.0
     qk_norm: bool = False
     attention: str = "auto"  # preferred SDPA kernel: auto | flash | cudnn | efficient | math
+    # residual add + LayerNorm + modulate as one Triton kernel each way (models/fused_adaln.py) on
+    # CUDA; the same equations in PyTorch elsewhere. Off by default until measured on a GPU.
+    fused_adaln: bool = False
     depth: int | None = None
     hidden_size: int | None = None
     num_heads: int | None = None
@@ -197,8 +202,10 @@ class SiTBlock(nn.Module):
         mlp_ratio: float = 4.0,
         qk_norm: bool = False,
         attention: str = "auto",
+        fused_adaln: bool = False,
     ):
         super().__init__()
+        self.fused_adaln = fused_adaln
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm, backend=attention)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -209,6 +216,11 @@ class SiTBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
             6, dim=-1
         )  # each (B, D)
+        if self.fused_adaln:  # the same equations; the add and LN2 + modulate in one kernel
+            out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled() else None
+            x, h = add_norm_modulate(x, None, None, shift_msa, scale_msa, out_dtype=out_dtype)
+            x, h = add_norm_modulate(x, self.attn(h), gate_msa, shift_mlp, scale_mlp, out_dtype=out_dtype)
+            return x + gate_mlp.unsqueeze(1) * self.mlp(h)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
@@ -266,7 +278,10 @@ class SiT(nn.Module):
             "pos_embed", torch.from_numpy(pos).float().unsqueeze(0), persistent=False
         )  # (1, N, D)
         self.blocks = nn.ModuleList(
-            [SiTBlock(hidden, heads, cfg.mlp_ratio, cfg.qk_norm, cfg.attention) for _ in range(depth)]
+            [
+                SiTBlock(hidden, heads, cfg.mlp_ratio, cfg.qk_norm, cfg.attention, cfg.fused_adaln)
+                for _ in range(depth)
+            ]
         )
         self.final_layer = FinalLayer(hidden, patch, self.out_channels)
         self.initialize_weights()

@@ -1,0 +1,297 @@
+"""Fused adaLN residual/LayerNorm/modulate: reference vs the unfused chain, Triton kernels vs reference.
+
+The reference (plain PyTorch) is checked in float64 against ``x + gate * branch`` -> ``nn.LayerNorm``
+-> ``sit.modulate`` and against the backward equations the kernels implement. The Triton kernels are
+checked against a float64 oracle with float32 ``x`` and bfloat16 ``branch``/``gate``/``shift``/
+``scale``/``dh``, as under autocast in training.
+
+Without a GPU the kernels run through Triton's interpreter, which is chosen when ``triton`` is
+imported with ``TRITON_INTERPRET=1``; so those checks run in one subprocess started with that
+variable, and the tests read its report. Two interpreter traits shape them: it casts float32 to
+bfloat16 by truncation (the GPU rounds to nearest), so bfloat16 outputs are held to one bfloat16
+ulp (2^-7 relative) of the oracle; and ``wrap_triton`` refuses interpreted kernels, so the
+interpreter's ``opcheck`` covers schema, autograd registration and fake tensors but not
+``test_aot_dispatch_dynamic`` (tracing for ``torch.compile``), which the CUDA tests run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from reed_image.models.fused_adaln import (
+    add_norm_modulate,
+    add_norm_modulate_reference,
+    triton_path_available,
+)
+from reed_image.models.sit import modulate
+
+BRANCH_MODES = ("gated", "ungated", "none")
+# (B, N, D), branch mode, whether x_out gets a gradient; D not a power of two, 1152 = SiT-XL
+KERNEL_CASES = [
+    ((2, 5, 72), "gated", True),
+    ((3, 4, 96), "none", True),
+    ((2, 3, 1152), "gated", True),
+    ((2, 6, 96), "ungated", True),
+    ((2, 7, 72), "gated", False),
+    ((1, 1, 16), "gated", True),
+]
+GPU_CASES = KERNEL_CASES + [((64, 256, 1152), "gated", True), ((4, 64, 384), "none", True)]
+BF16_ULP = 2.0**-7  # one bfloat16 ulp, relative (interpreter truncates; the GPU rounds to nearest)
+
+
+def case_id(case) -> str:
+    (b, n, d), mode, grad_x_out = case
+    return f"B{b}-N{n}-D{d}-{mode}" + ("" if grad_x_out else "-no_dx_out")
+
+
+def make_inputs(shape, mode, dtype, small_dtype, device="cpu", seed=0):
+    """``(x, branch, gate, shift, scale)``; gate/shift/scale are strided chunks of one [B, 6D] output."""
+    g = torch.Generator().manual_seed(seed)
+    b, n, d = shape
+    x = (torch.randn(b, n, d, generator=g) * 2 + 0.3).to(device, dtype)
+    branch = torch.randn(b, n, d, generator=g).to(device, small_dtype) if mode != "none" else None
+    adaln = (torch.randn(b, 6 * d, generator=g) * 0.5).to(device, small_dtype)
+    shift, scale, gate = adaln[:, :d], adaln[:, d : 2 * d], adaln[:, 2 * d : 3 * d]
+    return x, branch, (gate if mode == "gated" else None), shift, scale
+
+
+def leaves_of(tensors):
+    return [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
+
+
+def value_and_grads(fn, inputs, dx_out, dh):
+    """``(x_out, h, grads of the non-None inputs)`` for upstream gradients ``dx_out`` (or None), ``dh``."""
+    leaves = leaves_of(inputs)
+    x_out, h = fn(*leaves)
+    outputs, upstream = [h], [dh.to(h.dtype)]
+    if dx_out is not None:
+        outputs.append(x_out)
+        upstream.append(dx_out.to(x_out.dtype))
+    grads = torch.autograd.grad(outputs, [t for t in leaves if t is not None], upstream)
+    return x_out, h, grads
+
+
+def worst_error_ratio(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> float:
+    """``max |a - e| / (rel |e| + 1e-4 max|e|)``: at most 1 passes (the floor absorbs float32 sums)."""
+    expected = expected.double()
+    floor = 1e-4 * expected.abs().max().item() + 1e-12
+    bound = rel * expected.abs() + floor
+    return ((actual.double() - expected).abs() / bound).max().item()
+
+
+def fused_bf16(*tensors):
+    return add_norm_modulate(*tensors, out_dtype=torch.bfloat16)
+
+
+def kernel_error_ratios(shape, mode, grad_x_out, device="cpu", seed=0, fn=fused_bf16) -> dict[str, float]:
+    """Worst error ratio of every output and gradient of ``fn`` (the fused op) vs a float64 oracle."""
+    inputs = make_inputs(shape, mode, torch.float32, torch.bfloat16, device, seed)
+    assert triton_path_available(inputs[0])
+    g = torch.Generator().manual_seed(seed + 1)
+    dx_out = torch.randn(shape, generator=g).to(device) if grad_x_out else None
+    dh = torch.randn(shape, generator=g).to(device, torch.bfloat16)
+    x_out, h, grads = value_and_grads(fn, inputs, dx_out, dh)
+    inputs64 = [t.double() if t is not None else None for t in inputs]
+    x_out64, h64, grads64 = value_and_grads(
+        lambda *t: add_norm_modulate_reference(*t, out_dtype=torch.float64),
+        inputs64,
+        dx_out.double() if grad_x_out else None,
+        dh.double(),
+    )
+    assert x_out.dtype == torch.float32 and h.dtype == torch.bfloat16
+    ratios = {"x_out": worst_error_ratio(x_out, x_out64, 1e-6), "h": worst_error_ratio(h, h64, BF16_ULP)}
+    names = [name for name, t in zip(("dx", "dbranch", "dgate", "dshift", "dscale"), inputs) if t is not None]
+    for name, grad, grad64, given in zip(names, grads, grads64, [t for t in inputs if t is not None]):
+        assert grad.dtype == given.dtype and grad.shape == given.shape, name
+        ratios[name] = worst_error_ratio(grad, grad64, 1e-5 if grad.dtype == torch.float32 else BF16_ULP)
+    return ratios
+
+
+def opcheck_results(device="cpu", test_utils=None) -> dict[str, str]:
+    """``torch.library.opcheck`` of both custom ops (branch, gate and no-branch forward; backward)."""
+    kwargs = {} if test_utils is None else {"test_utils": test_utils}
+    results = {}
+    for mode in ("gated", "none"):
+        x, branch, gate, shift, scale = leaves_of(
+            make_inputs((2, 3, 40), mode, torch.float32, torch.bfloat16, device)
+        )
+        args = (x, branch, gate, shift, scale, 1e-6, torch.bfloat16)
+        for util, outcome in torch.library.opcheck(
+            torch.ops.reed_image.add_norm_modulate_fwd, args, **kwargs
+        ).items():
+            results[f"fwd-{mode}-{util}"] = outcome
+    x, branch, gate, shift, scale = make_inputs((2, 3, 40), "gated", torch.float32, torch.bfloat16, device)
+    x_out, _, mean, rstd = torch.ops.reed_image.add_norm_modulate_fwd(
+        x, branch, gate, shift, scale, 1e-6, torch.bfloat16
+    )
+    dh = torch.randn_like(x).bfloat16()
+    args = (torch.randn_like(x), dh, x_out, mean, rstd, branch, gate, scale, True, torch.bfloat16)
+    for util, outcome in torch.library.opcheck(
+        torch.ops.reed_image.add_norm_modulate_bwd, args, **kwargs
+    ).items():
+        results[f"bwd-{util}"] = outcome
+    return results
+
+
+def interpreter_report() -> dict:
+    """Run inside the ``TRITON_INTERPRET=1`` subprocess: every kernel case and opcheck, as JSON."""
+    return {
+        "cases": {case_id(case): kernel_error_ratios(*case) for case in KERNEL_CASES},
+        "opcheck": opcheck_results(
+            test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
+        ),
+    }
+
+
+# ---------------------------------------------------------------- reference (float64, CPU)
+
+
+@pytest.mark.parametrize("mode", BRANCH_MODES)
+def test_reference_matches_unfused_layernorm_chain(mode):
+    shape = (3, 5, 24)
+    inputs = make_inputs(shape, mode, torch.float64, torch.float64)
+    norm = nn.LayerNorm(shape[-1], elementwise_affine=False, eps=1e-6)
+
+    def unfused(x, branch, gate, shift, scale):
+        if branch is not None:
+            x = x + (gate.unsqueeze(1) if gate is not None else 1) * branch
+        return x, modulate(norm(x), shift, scale)
+
+    dx_out, dh = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    got = value_and_grads(add_norm_modulate_reference, inputs, dx_out, dh)
+    want = value_and_grads(unfused, inputs, dx_out, dh)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    assert len(got[2]) == len(want[2]) == sum(t is not None for t in inputs)
+    for g, w in zip(got[2], want[2]):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("mode", BRANCH_MODES)
+def test_backward_equations_match_autograd_of_the_reference(mode):
+    """The closed-form backward of the module docstring, which the Triton kernel implements."""
+    shape, eps = (2, 6, 20), 1e-6
+    x, branch, gate, shift, scale = make_inputs(shape, mode, torch.float64, torch.float64)
+    dx_out, dh = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    _, _, grads = value_and_grads(add_norm_modulate_reference, (x, branch, gate, shift, scale), dx_out, dh)
+
+    gate_b = gate[:, None, :] if gate is not None else 1.0
+    x_out = x + gate_b * branch if branch is not None else x
+    mean = x_out.mean(-1, keepdim=True)
+    rstd = 1 / torch.sqrt(((x_out - mean) ** 2).mean(-1, keepdim=True) + eps)
+    xhat = (x_out - mean) * rstd
+    dxhat = dh * (1 + scale[:, None, :])
+    mean_dxhat, mean_dxhat_xhat = dxhat.mean(-1, keepdim=True), (dxhat * xhat).mean(-1, keepdim=True)
+    dx_total = dx_out + rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+    expected = [dx_total]
+    if branch is not None:
+        expected.append(gate_b * dx_total)
+    if gate is not None:
+        expected.append((branch * dx_total).sum(1))
+    expected += [dh.sum(1), (dh * xhat).sum(1)]
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_cpu_without_interpreter_runs_the_reference():
+    x, branch, gate, shift, scale = make_inputs((2, 4, 24), "gated", torch.float32, torch.bfloat16)
+    if triton_path_available(x):
+        pytest.skip("TRITON_INTERPRET is set in this process: CPU tensors take the Triton path")
+    x_out, h = add_norm_modulate(x, branch, gate, shift, scale)
+    ref_x_out, ref_h = add_norm_modulate_reference(x, branch, gate, shift, scale)
+    assert h.dtype == torch.bfloat16 and x_out.dtype == torch.float32
+    assert torch.equal(x_out, ref_x_out) and torch.equal(h, ref_h)
+    same_x, h_no_branch = add_norm_modulate(x, None, None, shift, scale, out_dtype=torch.bfloat16)
+    assert same_x is x and h_no_branch.dtype == torch.bfloat16
+
+
+def test_shape_errors():
+    x, branch, gate, shift, scale = make_inputs((2, 4, 24), "gated", torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match=r"x must be \[B, N, D\]"):
+        add_norm_modulate(x[0], branch, gate, shift, scale)
+    with pytest.raises(ValueError, match="branch"):
+        add_norm_modulate(x, branch[:, :2], gate, shift, scale)
+    with pytest.raises(ValueError, match="gate needs a branch"):
+        add_norm_modulate(x, None, gate, shift, scale)
+    with pytest.raises(ValueError, match="scale must be"):
+        add_norm_modulate(x, branch, gate, shift, scale[:1])
+
+
+# ---------------------------------------------------------------- Triton kernels, interpreter (CPU)
+
+
+@pytest.fixture(scope="module")
+def interpreter():
+    """One ``TRITON_INTERPRET=1`` subprocess runs ``interpreter_report()`` of this file."""
+    pytest.importorskip("triton")
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('fused_adaln_checks', {str(Path(__file__))!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "print('REPORT ' + json.dumps(module.interpreter_report()))\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
+    assert report, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(report[-1][len("REPORT ") :])
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=case_id)
+def test_triton_interpreter_matches_float64_oracle(interpreter, case):
+    ratios = interpreter["cases"][case_id(case)]
+    (_, _, _), mode, _ = case
+    expected = {"x_out", "h", "dx", "dshift", "dscale"} | ({"dbranch"} if mode != "none" else set())
+    assert set(ratios) == expected | ({"dgate"} if mode == "gated" else set())
+    assert all(r <= 1.0 for r in ratios.values()), ratios
+
+
+def test_triton_interpreter_opcheck(interpreter):
+    results = interpreter["opcheck"]
+    assert results and all(outcome == "SUCCESS" for outcome in results.values()), results
+
+
+# ---------------------------------------------------------------- Triton kernels, CUDA
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda_only
+@pytest.mark.parametrize("case", GPU_CASES, ids=case_id)
+def test_triton_cuda_matches_float64_oracle(case):
+    ratios = kernel_error_ratios(*case, device="cuda")
+    assert all(r <= 1.0 for r in ratios.values()), ratios
+
+
+@pytest.mark.gpu
+@cuda_only
+def test_triton_cuda_opcheck():
+    results = opcheck_results(device="cuda")
+    assert all(outcome == "SUCCESS" for outcome in results.values()), results
+
+
+@pytest.mark.gpu
+@cuda_only
+def test_torch_compile_keeps_the_fused_kernels():
+    from torch._inductor.utils import run_and_get_code
+
+    def step(*tensors):
+        with torch.autocast("cuda", dtype=torch.bfloat16):  # autocast must leave the custom ops alone
+            return add_norm_modulate(*tensors, out_dtype=torch.bfloat16)
+
+    compiled = torch.compile(step, fullgraph=True)
+    ratios, sources = run_and_get_code(kernel_error_ratios, (4, 64, 1152), "gated", True, "cuda", 0, compiled)
+    assert all(r <= 1.0 for r in ratios.values()), ratios
+    generated = "\n".join(sources)
+    assert "_add_norm_modulate_fwd_kernel" in generated and "_add_norm_modulate_bwd_kernel" in generated
