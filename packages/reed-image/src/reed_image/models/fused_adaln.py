@@ -164,7 +164,7 @@ def _interpreter_kernel(kernel, probe: torch.Tensor):
     if isinstance(probe, FakeTensor):
         return _NoLaunch()
     if type(probe) is not torch.Tensor:
-        raise NotImplementedError(
+        raise RuntimeError(
             f"add_norm_modulate: the Triton interpreter cannot run under {type(probe).__name__} "
             "(torch.compile needs a GPU for these kernels)"
         )

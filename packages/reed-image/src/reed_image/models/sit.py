@@ -58,7 +58,8 @@ class SiTConfig:
     qk_norm: bool = False
     attention: str = "auto"  # preferred SDPA kernel: auto | flash | cudnn | efficient | math
     # residual add + LayerNorm + modulate as one Triton kernel each way (models/fused_adaln.py) on
-    # CUDA; the same equations in PyTorch elsewhere. Off by default until measured on a GPU.
+    # CUDA; the same equations in PyTorch elsewhere. Opt-in: +4% on a SiT-XL/2 step (H100, regional
+    # compile; docs/results/image.md), not yet timed with whole-model compile.
     fused_adaln: bool = False
     depth: int | None = None
     hidden_size: int | None = None
