@@ -68,7 +68,8 @@ def write_fixtures(root: Path, n: int, latent: int, channels: int, dims: dict[st
 
 
 def profile_steps(trainer: Trainer, task: Any, device: torch.device, first: int, path: Path) -> None:
-    """Kernel-level breakdown of 5 training steps (torch.profiler), sorted by GPU time."""
+    """Kernel-level breakdown of 5 training steps (torch.profiler), sorted by GPU time, and their
+    timeline (Chrome trace, gzipped, beside the table)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -88,7 +89,16 @@ def profile_steps(trainer: Trainer, task: Any, device: torch.device, first: int,
             if e.device_type == torch.autograd.DeviceType.CUDA and e.key != "Command Buffer Full"
         )
         table += f"\nGPU kernel time per step: {kernel_us / 5 / 1000:.2f} ms\n"
+        kernels = sorted(
+            (e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA),
+            key=lambda e: -e.self_device_time_total,
+        )
+        table += "\nGPU kernels, per step (ms, calls):\n" + "".join(
+            f"{e.self_device_time_total / 5 / 1000:8.3f} {e.count / 5:6.1f}  {e.key[:150]}\n"
+            for e in kernels[:120]
+        )
     path.write_text(table)
+    prof.export_chrome_trace(str(path.with_suffix(".trace.json.gz")))  # timeline: gaps between kernels
 
 
 def main() -> None:
@@ -115,6 +125,11 @@ def main() -> None:
         "--fused-adaln",
         action="store_true",
         help="residual add + LayerNorm + modulate as one Triton kernel each way (model.fused_adaln)",
+    )
+    p.add_argument(
+        "--fused-gelu",
+        action="store_true",
+        help="MLP bias add + GELU (and its bias gradient) as one Triton kernel each way (model.fused_gelu)",
     )
     p.add_argument(
         "--float8",
@@ -161,6 +176,7 @@ def main() -> None:
         num_classes=1000,
         attention=args.attention,
         fused_adaln=args.fused_adaln,
+        fused_gelu=args.fused_gelu,
     )
     if args.tiny:
         model = replace(model, depth=4, hidden_size=64, num_heads=4)
@@ -235,6 +251,7 @@ def main() -> None:
         "attention": args.attention,
         "fused_update": trainer.fused_update is not None,
         "fused_adaln": args.fused_adaln,
+        "fused_gelu": args.fused_gelu,
         "float8": args.float8,
         "float8_layers": len(trainer.float8_layers),
         "inductor": inductor,

@@ -34,10 +34,14 @@ def label(name: str, result: dict) -> str:
     parts = [name]
     if result.get("fused_adaln"):
         parts.append("fused adaLN")
+    if result.get("fused_gelu"):
+        parts.append("fused GELU")
     if result.get("float8", "off") != "off":
         parts.append(f"fp8 {result['float8']}")
-    if not result.get("fused_adaln") and result.get("float8", "off") == "off":
+    if not (result.get("fused_adaln") or result.get("fused_gelu")) and result.get("float8", "off") == "off":
         parts.append("bf16")
+    if result.get("compile") == "reduce-overhead":
+        parts.append("CUDA graphs")
     return "\n".join(parts)
 
 

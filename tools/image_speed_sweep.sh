@@ -14,6 +14,10 @@
 #   a1  v1 + fused residual/LayerNorm/modulate Triton kernels (model.fused_adaln)
 #   a2  f1 + fused residual/LayerNorm/modulate kernels
 #   a3  f2 + fused residual/LayerNorm/modulate kernels
+#   a4  a1 + inductor's C++ wrapper (kernel launches without the Python wrapper)
+#   a5  a1 + CUDA graphs (compile mode reduce-overhead)
+#   g1  a1 + fused MLP bias add + GELU Triton kernels, bias gradient in the backward (model.fused_gelu)
+#   g2  g1 + CUDA graphs (compile mode reduce-overhead)
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -72,6 +76,10 @@ for v in $VARIANTS; do
         a1) bench a1 --fused-update on --fused-adaln ;;
         a2) bench a2 --fused-update on --fused-adaln --float8 tensorwise ;;
         a3) bench a3 --fused-update on --fused-adaln --float8 rowwise ;;
+        a4) bench a4 --fused-update on --fused-adaln --inductor cpp_wrapper=True ;;
+        a5) bench a5 --fused-update on --fused-adaln --compile-mode reduce-overhead ;;
+        g1) bench g1 --fused-update on --fused-adaln --fused-gelu ;;
+        g2) bench g2 --fused-update on --fused-adaln --fused-gelu --compile-mode reduce-overhead ;;
         *) echo "unknown variant $v" ;;
     esac
 done

@@ -160,6 +160,43 @@ def test_fused_adaln_blocks_compute_the_same_velocity_and_gradients():
     fused = SiT(SiTConfig(**{**base.__dict__, "fused_adaln": True})).double()
     fused.load_state_dict(plain.state_dict())
     x, tau, y = torch.randn(3, 1, 16, 16).double(), torch.rand(3).double(), torch.tensor([0, 4, 10])
+    paths = {"first": "blocks.0", "last": "blocks.1"}
+    with FeatureTaps(plain, paths) as taps_plain, FeatureTaps(fused, paths) as taps_fused:
+        v_plain, v_fused = plain(x, tau, y), fused(x, tau, y)
+        tapped_plain, tapped_fused = taps_plain.pop(), taps_fused.pop()
+    assert v_plain.abs().mean() > 1e-3
+    torch.testing.assert_close(v_fused, v_plain)
+    for name in paths:  # the chained blocks hand the taps the block output, not the next LN input
+        torch.testing.assert_close(tapped_fused[name], tapped_plain[name], msg=name)
+    # gradients through the velocity and through a tapped hidden state (as alignment does)
+    ((v_plain**2).sum() + tapped_plain["first"].sin().sum()).backward()
+    ((v_fused**2).sum() + tapped_fused["first"].sin().sum()).backward()
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+    # a fused block called alone, as (x, c), is the plain block too
+    h, c = torch.randn(3, 16, 32).double(), torch.randn(3, 32).double()
+    torch.testing.assert_close(fused.blocks[1](h, c), plain.blocks[1](h, c))
+
+
+@pytest.mark.parametrize("fused_adaln", [False, True])
+def test_fused_gelu_mlps_compute_the_same_velocity_and_gradients(fused_adaln):
+    """The fused MLP wiring (reference path on the CPU; the Triton kernels are tested in
+    test_fused_gelu.py) against the unfused MLP, with non-zero fc1 biases so the bias term counts."""
+    base = SiTConfig(
+        arch="SiT-S/4", input_size=16, in_channels=1, num_classes=10, depth=2, hidden_size=32, num_heads=2
+    )
+    torch.manual_seed(0)
+    plain = SiT(base).double()
+    for block in plain.blocks:
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.5)
+        torch.nn.init.normal_(block.mlp.fc1.bias, std=0.5)
+    torch.nn.init.normal_(plain.final_layer.linear.weight, std=0.5)
+    fused = SiT(SiTConfig(**{**base.__dict__, "fused_gelu": True, "fused_adaln": fused_adaln})).double()
+    assert fused.state_dict().keys() == plain.state_dict().keys()
+    fused.load_state_dict(plain.state_dict())
+    assert all(block.mlp.fused_gelu for block in fused.blocks)
+    x, tau, y = torch.randn(3, 1, 16, 16).double(), torch.rand(3).double(), torch.tensor([0, 4, 10])
     v_plain, v_fused = plain(x, tau, y), fused(x, tau, y)
     assert v_plain.abs().mean() > 1e-3
     torch.testing.assert_close(v_fused, v_plain)
@@ -167,6 +204,29 @@ def test_fused_adaln_blocks_compute_the_same_velocity_and_gradients():
     (v_fused**2).sum().backward()
     for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
+    assert plain.blocks[0].mlp.fc1.bias.grad.abs().max() > 1e-3
+
+
+def test_fused_gelu_mlp_keeps_a_converted_fc1_layer():
+    """An fc1 swapped for another Linear class (as FP8 conversion does) runs its own forward."""
+    from reed_image.models.sit import Mlp
+
+    class CountingLinear(torch.nn.Linear):
+        calls = 0
+
+        def forward(self, x):
+            CountingLinear.calls += 1
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    plain, fused = Mlp(8, 32), Mlp(8, 32, fused_gelu=True)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(fused(x), plain(x))
+    fused.fc1 = CountingLinear(8, 32)
+    fused.fc1.load_state_dict(plain.fc1.state_dict())
+    torch.testing.assert_close(fused(x), plain(x))
+    assert CountingLinear.calls == 1
 
 
 def test_unknown_attention_kernel_is_a_clear_error():

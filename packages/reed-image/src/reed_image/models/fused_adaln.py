@@ -40,10 +40,15 @@ PyTorch, the test oracle) when the tensors are not on CUDA or Triton is missing;
 Triton's interpreter (that is how the tests exercise them without a GPU).
 """
 
-import functools
-
 import torch
 from torch.library import register_autograd, triton_op, wrap_triton
+
+from reed_image.models._triton_util import (
+    TRITON_INTERPRET,
+    interpreter_kernel,
+    multiprocessor_count,
+    triton_path_available,
+)
 
 try:
     import triton
@@ -88,13 +93,6 @@ def add_norm_modulate_reference(
     xhat = centered * rstd
     h = xhat * (1 + scale.to(compute_dtype)[:, None, :]) + shift.to(compute_dtype)[:, None, :]
     return x_out, h.to(out_dtype)
-
-
-def triton_path_available(x: torch.Tensor) -> bool:
-    """Whether ``add_norm_modulate`` runs the Triton kernels for tensors on ``x``'s device."""
-    if triton is None:
-        return False
-    return x.is_cuda or (_TRITON_INTERPRET and x.device.type == "cpu")
 
 
 def add_norm_modulate(
@@ -145,39 +143,6 @@ def _check_shapes(
             )
 
 
-class _NoLaunch:
-    """A kernel stand-in for fake tensors in interpreter mode: shapes are all a fake run needs."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
-
-
-def _interpreter_kernel(kernel, probe: torch.Tensor):
-    """``kernel`` for plain CPU tensors; under FakeTensorMode (shape propagation) no launch at all.
-
-    Any other tensor subclass (e.g. the FunctionalTensor of a compile trace) would need
-    ``wrap_triton``, which does not take the interpreter's kernels: refuse rather than trace a graph
-    without the kernel.
-    """
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    if isinstance(probe, FakeTensor):
-        return _NoLaunch()
-    if type(probe) is not torch.Tensor:
-        raise RuntimeError(
-            f"add_norm_modulate: the Triton interpreter cannot run under {type(probe).__name__} "
-            "(torch.compile needs a GPU for these kernels)"
-        )
-    return kernel
-
-
-@functools.cache
-def _multiprocessor_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2  # interpreter: few programs, but still more than one token tile per sample
-
-
 def _row_vector(vec: torch.Tensor) -> torch.Tensor:
     """``[B, D]`` with unit stride along D (chunks of a ``[B, 6D]`` adaLN output already are)."""
     return vec if vec.stride(-1) == 1 else vec.contiguous()
@@ -209,7 +174,6 @@ def _bwd_config(dim: int) -> tuple[int, int, int, int]:
 
 
 if triton is not None:
-    _TRITON_INTERPRET = bool(triton.knobs.runtime.interpret)
 
     @triton.jit
     def _add_norm_modulate_fwd_kernel(
@@ -348,9 +312,6 @@ if triton is not None:
         tl.store(dshift_partial_ptr + partial_offsets, dshift_sum, mask=col_mask)
         tl.store(dscale_partial_ptr + partial_offsets, dscale_sum, mask=col_mask)
 
-else:  # pragma: no cover
-    _TRITON_INTERPRET = False
-
 
 @triton_op("reed_image::add_norm_modulate_fwd", mutates_args=())
 def _add_norm_modulate_fwd(
@@ -383,8 +344,8 @@ def _add_norm_modulate_fwd(
     if num_rows == 0:
         return x_out, h, mean, rstd
     block_d, rows, num_warps = _fwd_config(dim)
-    if _TRITON_INTERPRET:  # wrap_triton refuses the interpreter's kernels
-        kernel = _interpreter_kernel(_add_norm_modulate_fwd_kernel, x)
+    if TRITON_INTERPRET:  # wrap_triton refuses the interpreter's kernels
+        kernel = interpreter_kernel(_add_norm_modulate_fwd_kernel, x, "add_norm_modulate")
     else:
         kernel = wrap_triton(_add_norm_modulate_fwd_kernel)
     kernel[(triton.cdiv(num_rows, rows),)](
@@ -447,7 +408,7 @@ def _add_norm_modulate_bwd(
 
     # token tiles: about _BWD_PROGRAMS_PER_SM programs per SM in all, each tile a power of two of
     # tokens (a constexpr: few kernel variants) and a multiple of the rows done at once
-    target_programs = _BWD_PROGRAMS_PER_SM * _multiprocessor_count(x_out.device)
+    target_programs = _BWD_PROGRAMS_PER_SM * multiprocessor_count(x_out.device)
     tokens_per_program = rows
     while (
         tokens_per_program < tokens and batch * triton.cdiv(tokens, 2 * tokens_per_program) >= target_programs
@@ -462,8 +423,8 @@ def _add_norm_modulate_bwd(
     dshift_partial = x_out.new_empty(partial_shape, dtype=torch.float32)
     dscale_partial = x_out.new_empty(partial_shape, dtype=torch.float32)
     if batch * tokens > 0:
-        if _TRITON_INTERPRET:  # wrap_triton refuses the interpreter's kernels
-            kernel = _interpreter_kernel(_add_norm_modulate_bwd_kernel, x_out)
+        if TRITON_INTERPRET:  # wrap_triton refuses the interpreter's kernels
+            kernel = interpreter_kernel(_add_norm_modulate_bwd_kernel, x_out, "add_norm_modulate")
         else:
             kernel = wrap_triton(_add_norm_modulate_bwd_kernel)
         kernel[(batch, tiles)](

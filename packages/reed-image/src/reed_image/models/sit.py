@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from reed_image.models.fused_adaln import add_norm_modulate
+from reed_image.models.fused_gelu import bias_gelu
 
 # name -> (depth, hidden_size, num_heads); patch size comes from the suffix (DiT/SiT table 1)
 SIZES = {
@@ -57,10 +58,15 @@ class SiTConfig:
     mlp_ratio: float = 4.0
     qk_norm: bool = False
     attention: str = "auto"  # preferred SDPA kernel: auto | flash | cudnn | efficient | math
-    # residual add + LayerNorm + modulate as one Triton kernel each way (models/fused_adaln.py) on
-    # CUDA; the same equations in PyTorch elsewhere. Opt-in: +4% on a SiT-XL/2 step (H100, regional
-    # compile; docs/results/image.md), not yet timed with whole-model compile.
+    # each residual add + the LayerNorm + modulate after it as one Triton kernel each way, the blocks
+    # chained (models/fused_adaln.py) on CUDA; the same equations in PyTorch elsewhere. Opt-in:
+    # -7 ms of GPU kernel time a SiT-XL/2 step with fused_gelu (H100; docs/results/image.md).
     fused_adaln: bool = False
+    # the MLP's fc1 bias add + tanh-GELU as one Triton kernel each way, the bias gradient summed in
+    # the backward kernel (models/fused_gelu.py) on CUDA; the same equations in PyTorch elsewhere.
+    # Opt-in (-0.6 ms of kernel time on SiT-XL/2, H100). An fc1 swapped for another Linear class
+    # (FP8) keeps the unfused path.
+    fused_gelu: bool = False
     depth: int | None = None
     hidden_size: int | None = None
     num_heads: int | None = None
@@ -183,13 +189,23 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    """``fc2(gelu_tanh(fc1(x)))``; with ``fused_gelu`` fc1's bias add and the GELU are one kernel.
+
+    The fused path runs fc1 as ``F.linear(x, fc1.weight)`` and only while ``fc1`` is a plain
+    ``nn.Linear``: a converted layer (e.g. torchao's Float8Linear) has its own forward, so it keeps
+    the unfused path. Parameters (``fc1.weight``, ``fc1.bias``, ...) are the same either way.
+    """
+
+    def __init__(self, dim: int, hidden: int, fused_gelu: bool = False):
         super().__init__()
+        self.fused_gelu = fused_gelu
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_gelu and type(self.fc1) is nn.Linear:
+            return self.fc2(bias_gelu(F.linear(x, self.fc1.weight), self.fc1.bias))
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -204,20 +220,53 @@ class SiTBlock(nn.Module):
         qk_norm: bool = False,
         attention: str = "auto",
         fused_adaln: bool = False,
+        fused_gelu: bool = False,
     ):
         super().__init__()
         self.fused_adaln = fused_adaln
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm, backend=attention)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), fused_gelu=fused_gelu)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        h: torch.Tensor | None = None,
+        modulation: torch.Tensor | None = None,
+        next_adaln: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block output ``x [B, N, D]`` from ``x`` and the conditioning ``c [B, D]``.
+
+        Chained form (``fused_adaln``, as ``SiT.forward`` calls it): ``modulation`` (this block's
+        adaLN output ``[B, 6D]``) and ``h = modulate(LN(x), shift_msa, scale_msa)`` come from the
+        step before; ``next_adaln`` is the ``(weight, bias)`` of the next block's (or the final
+        layer's) adaLN Linear. Returns ``(x_out, h_next, next_modulation)``: the block's last
+        residual add runs in one kernel with the next LayerNorm + modulate, whose shift/scale are
+        the first two chunks of ``next_modulation = Linear(SiLU(c))``. Taps read ``x_out``.
+        """
+        if h is not None:
+            if not self.fused_adaln or modulation is None or next_adaln is None:
+                raise ValueError("SiTBlock: h, modulation and next_adaln are for fused_adaln blocks only")
+            D = x.shape[-1]
+            next_modulation = F.linear(F.silu(c), *next_adaln)  # (B, 6D), or (B, 2D) for the final layer
+            _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
+            x, h = add_norm_modulate(x, self.attn(h), gate_msa, shift_mlp, scale_mlp, out_dtype=h.dtype)
+            x, h = add_norm_modulate(
+                x,
+                self.mlp(h),
+                gate_mlp,
+                next_modulation[:, :D],
+                next_modulation[:, D : 2 * D],
+                out_dtype=h.dtype,
+            )
+            return x, h, next_modulation
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
             6, dim=-1
         )  # each (B, D)
-        if self.fused_adaln:  # the same equations; the add and LN2 + modulate in one kernel
+        if self.fused_adaln:  # alone (not chained): the add and LN2 + modulate in one kernel
             out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled() else None
             x, h = add_norm_modulate(x, None, None, shift_msa, scale_msa, out_dtype=out_dtype)
             x, h = add_norm_modulate(x, self.attn(h), gate_msa, shift_mlp, scale_mlp, out_dtype=out_dtype)
@@ -280,7 +329,9 @@ class SiT(nn.Module):
         )  # (1, N, D)
         self.blocks = nn.ModuleList(
             [
-                SiTBlock(hidden, heads, cfg.mlp_ratio, cfg.qk_norm, cfg.attention, cfg.fused_adaln)
+                SiTBlock(
+                    hidden, heads, cfg.mlp_ratio, cfg.qk_norm, cfg.attention, cfg.fused_adaln, cfg.fused_gelu
+                )
                 for _ in range(depth)
             ]
         )
@@ -350,9 +401,30 @@ class SiT(nn.Module):
         self.check_input(x)
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
         c = self.t_embedder(tau) + self.y_embedder(y)  # (B, D)
+        if self.cfg.fused_adaln:
+            return self.unpatchify(self._forward_fused_adaln(h, c))
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
+
+    def _forward_fused_adaln(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Blocks and final layer with every residual add fused into the LayerNorm + modulate after it.
+
+        The same equations as the unfused loop. Block ``i`` forms block ``i+1``'s adaLN output (it
+        needs its LN1 shift/scale), so each adaLN Linear still runs once, inside a block.
+        """
+        D = x.shape[-1]
+        modulation = self.blocks[0].adaLN_modulation(c)  # (B, 6D)
+        out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled() else x.dtype
+        x, h = add_norm_modulate(
+            x, None, None, modulation[:, :D], modulation[:, D : 2 * D], out_dtype=out_dtype
+        )
+        nexts = [block.adaLN_modulation[-1] for block in self.blocks[1:]] + [
+            self.final_layer.adaLN_modulation[-1]
+        ]
+        for block, next_linear in zip(self.blocks, nexts):
+            x, h, modulation = block(x, c, h, modulation, (next_linear.weight, next_linear.bias))
+        return self.final_layer.linear(h)  # (B, N, p*p*C)
 
 
 def build_sit(cfg: SiTConfig) -> SiT:
