@@ -15,11 +15,7 @@ relative) of the oracle; and its ``opcheck`` leaves out ``test_aot_dispatch_dyna
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -171,22 +167,9 @@ def test_shape_errors():
 
 
 @pytest.fixture(scope="module")
-def interpreter():
+def interpreter(triton_interpreter_report):
     """One ``TRITON_INTERPRET=1`` subprocess runs ``interpreter_report()`` of this file."""
-    pytest.importorskip("triton")
-    code = (
-        "import importlib.util, json, sys\n"
-        f"spec = importlib.util.spec_from_file_location('fused_gelu_checks', {str(Path(__file__))!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
-        "print('REPORT ' + json.dumps(module.interpreter_report()))\n"
-    )
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    report = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
-    assert report, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return json.loads(report[-1][len("REPORT ") :])
+    return triton_interpreter_report(Path(__file__))
 
 
 @pytest.mark.parametrize("shape", KERNEL_CASES, ids=case_id)

@@ -145,20 +145,32 @@ def test_preferred_attention_kernel_gives_the_same_velocity(backend):
     torch.testing.assert_close(chosen(x, tau, y), v, rtol=1e-4, atol=1e-5)
 
 
-def test_fused_adaln_blocks_compute_the_same_velocity_and_gradients():
-    """The fused wiring (reference path on the CPU; the Triton kernels are tested in
-    test_fused_adaln.py) against the unfused block, with non-zero gates so every term counts."""
+def plain_and_fused_sits(**fused_flags: bool) -> tuple[SiT, SiT]:
+    """A tiny float64 SiT and the same weights with ``fused_flags`` set; the zero-initialised adaLN
+    modulations, output layer and fc1 biases are made non-zero so every term counts."""
     base = SiTConfig(
         arch="SiT-S/4", input_size=16, in_channels=1, num_classes=10, depth=2, hidden_size=32, num_heads=2
     )
     torch.manual_seed(0)
     plain = SiT(base).double()
+    for linear in [block.adaLN_modulation[-1] for block in plain.blocks] + [
+        plain.final_layer.adaLN_modulation[-1]
+    ]:
+        torch.nn.init.normal_(linear.weight, std=0.5)
+        torch.nn.init.normal_(linear.bias, std=0.5)
     for block in plain.blocks:
-        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.5)
-        torch.nn.init.normal_(block.adaLN_modulation[-1].bias, std=0.5)
+        torch.nn.init.normal_(block.mlp.fc1.bias, std=0.5)
     torch.nn.init.normal_(plain.final_layer.linear.weight, std=0.5)
-    fused = SiT(SiTConfig(**{**base.__dict__, "fused_adaln": True})).double()
+    fused = SiT(SiTConfig(**{**base.__dict__, **fused_flags})).double()
+    assert fused.state_dict().keys() == plain.state_dict().keys()
     fused.load_state_dict(plain.state_dict())
+    return plain, fused
+
+
+def test_fused_adaln_blocks_compute_the_same_velocity_and_gradients():
+    """The fused wiring (reference path on the CPU; the Triton kernels are tested in
+    test_fused_adaln.py) against the unfused blocks."""
+    plain, fused = plain_and_fused_sits(fused_adaln=True)
     x, tau, y = torch.randn(3, 1, 16, 16).double(), torch.rand(3).double(), torch.tensor([0, 4, 10])
     paths = {"first": "blocks.0", "last": "blocks.1"}
     with FeatureTaps(plain, paths) as taps_plain, FeatureTaps(fused, paths) as taps_fused:
@@ -182,19 +194,8 @@ def test_fused_adaln_blocks_compute_the_same_velocity_and_gradients():
 @pytest.mark.parametrize("fused_adaln", [False, True])
 def test_fused_gelu_mlps_compute_the_same_velocity_and_gradients(fused_adaln):
     """The fused MLP wiring (reference path on the CPU; the Triton kernels are tested in
-    test_fused_gelu.py) against the unfused MLP, with non-zero fc1 biases so the bias term counts."""
-    base = SiTConfig(
-        arch="SiT-S/4", input_size=16, in_channels=1, num_classes=10, depth=2, hidden_size=32, num_heads=2
-    )
-    torch.manual_seed(0)
-    plain = SiT(base).double()
-    for block in plain.blocks:
-        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.5)
-        torch.nn.init.normal_(block.mlp.fc1.bias, std=0.5)
-    torch.nn.init.normal_(plain.final_layer.linear.weight, std=0.5)
-    fused = SiT(SiTConfig(**{**base.__dict__, "fused_gelu": True, "fused_adaln": fused_adaln})).double()
-    assert fused.state_dict().keys() == plain.state_dict().keys()
-    fused.load_state_dict(plain.state_dict())
+    test_fused_gelu.py) against the unfused MLP."""
+    plain, fused = plain_and_fused_sits(fused_gelu=True, fused_adaln=fused_adaln)
     assert all(block.mlp.fused_gelu for block in fused.blocks)
     x, tau, y = torch.randn(3, 1, 16, 16).double(), torch.rand(3).double(), torch.tensor([0, 4, 10])
     v_plain, v_fused = plain(x, tau, y), fused(x, tau, y)
