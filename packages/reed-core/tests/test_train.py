@@ -157,3 +157,25 @@ def test_compile_regions_compiles_each_outermost_match_and_trains_as_eager(tmp_p
     assert list(regions.model.state_dict()) == list(eager.model.state_dict())  # no _orig_mod prefix
     with pytest.raises(ValueError, match=r"train.compile_regions: no submodule .*\['encoder.\*'\]"):
         fit(tiny(tmp_path / "none", 1, compile=True, compile_regions=("encoder.*",)))
+
+
+def test_logged_means_survive_loss_terms_in_reused_buffers(tmp_path):
+    """Under CUDA graphs (compile_mode=reduce-overhead) a loss term may be a graph output buffer
+    that the next step overwrites in place; the logged mean must still be that of each step's value."""
+
+    class BufferTask(ToyTask):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.buffer = torch.zeros(())
+
+        def loss(self, model, batch, step):
+            out = super().loss(model, batch, step)
+            self.buffer.fill_(float(step + 1))  # the same storage every step, as a graph replay writes
+            out.terms["replayed"] = self.buffer
+            return out
+
+    cfg = tiny(tmp_path / "g", 4)
+    cfg = replace(cfg, train=replace(cfg.train, log_every=2))
+    Trainer(cfg.train, BufferTask(cfg), experiment_config=cfg).fit()
+    logged = [m["replayed"] for m in read_metrics(tmp_path / "g") if "replayed" in m]
+    assert logged == [1.5, 3.5]

@@ -415,7 +415,9 @@ class Trainer:
             for name, value in out.terms.items():
                 if isinstance(value, torch.Tensor):
                     value = value.detach().float()
-                    sums[name] = sums[name] + value if name in sums else value
+                    # always a new tensor: a term may live in a CUDA graph's output buffer
+                    # (compile_mode=reduce-overhead), which the next step overwrites
+                    sums[name] = sums[name] + value if name in sums else value.clone()
                 else:
                     host[name] = float(value)
             count += 1
