@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from submitit.slurm.slurm import SlurmJobEnvironment
 
 from reed_core.config import load_config
 from reed_core.examples import toy2d
@@ -114,7 +115,20 @@ def _requeue(job, how: str) -> None:
     if how == "preempt":
         # what Slurm does on preemption: SIGTERM, then the signal submitit checkpoints on (USR2).
         # submitit calls ResumableJob.checkpoint, pickles the call and runs `scontrol requeue`.
-        job._interrupt(timeout=False)
+        # Two `scancel --signal` calls may be delivered in either order (submitit's own
+        # job._interrupt sends them back to back), and a late SIGTERM kills that `scontrol
+        # requeue`; so USR2 goes only once the job has taken the SIGTERM (submitit logs it).
+        scancel = ["scancel", job.job_id, "--signal"]
+        subprocess.run([*scancel, "SIGTERM"], check=True, timeout=30)
+        stderr = Path(job.paths.stderr)
+        wait_until(
+            lambda: stderr.exists() and "Bypassing signal SIGTERM" in stderr.read_text(),
+            60,
+            "the job to take SIGTERM",
+            job=job,
+            poll=0.05,
+        )
+        subprocess.run([*scancel, SlurmJobEnvironment.USR_SIG], check=True, timeout=30)
     else:  # an administrator's requeue: the job is killed, then started again
         subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
 
