@@ -138,6 +138,12 @@ def main() -> None:
         help="FP8 matmuls for the blocks' linear layers (train.float8, torchao)",
     )
     p.add_argument(
+        "--param-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="train.param_dtype: bfloat16 keeps bf16 weights, float32 masters in the fused update",
+    )
+    p.add_argument(
         "--inductor",
         action="append",
         default=[],
@@ -207,6 +213,7 @@ def main() -> None:
                 compile_regions=tuple(args.compile_regions),
                 fused_update=args.fused_update,
                 float8=args.float8,
+                param_dtype=args.param_dtype,
                 device=args.device,
                 steps=10**9,
                 progress_bar=False,
@@ -254,6 +261,7 @@ def main() -> None:
         "fused_gelu": args.fused_gelu,
         "float8": args.float8,
         "float8_layers": len(trainer.float8_layers),
+        "param_dtype": args.param_dtype,
         "inductor": inductor,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "images_per_s": round(images_per_s, 1),

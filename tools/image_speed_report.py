@@ -40,6 +40,8 @@ def label(name: str, result: dict) -> str:
         parts.append(f"fp8 {result['float8']}")
     if not (result.get("fused_adaln") or result.get("fused_gelu")) and result.get("float8", "off") == "off":
         parts.append("bf16")
+    if result.get("param_dtype", "float32") != "float32":
+        parts.append(f"{result['param_dtype']} params")
     if result.get("compile") == "reduce-overhead":
         parts.append("CUDA graphs")
     return "\n".join(parts)

@@ -92,3 +92,33 @@ def test_fused_update_refuses_what_it_does_not_implement():
         FusedUpdate(torch.optim.AdamW(model.parameters(), amsgrad=True), list(model.parameters()))
     with pytest.raises(ValueError, match="EMA parameters"):
         FusedUpdate(torch.optim.AdamW(model.parameters()), list(model.parameters())[:2])
+
+
+def test_fused_update_with_masters_is_adamw_on_the_masters_rounded_into_bf16_params():
+    """bf16 parameters and gradients, float32 masters: the masters follow float32 AdamW fed the
+    same (bf16) gradients, the EMA follows the masters, and the parameters are the rounded masters."""
+    ref, low = net(), net()
+    ref_ema, low_ema = copy.deepcopy(ref), copy.deepcopy(low)
+    masters = [p.detach().clone() for p in low.parameters()]
+    low.to(torch.bfloat16)
+    kw = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05)
+    ref_opt = torch.optim.AdamW(ref.parameters(), **kw)
+    low_opt = torch.optim.AdamW(low.parameters(), **kw)
+    update = FusedUpdate(low_opt, list(low_ema.parameters()), max_grad_norm=1.0, master_params=masters)
+    for step in range(6):
+        set_grads([ref], step)
+        for p, q in zip(ref.parameters(), low.parameters()):
+            q.grad = p.grad.to(torch.bfloat16)
+            p.grad = q.grad.float()  # the same bf16 values
+        lr, decay = 1e-3 * (step + 1), min(0.999, (1 + step) / (10 + step))
+        ref_norm = reference_step(ref, ref_ema, ref_opt, lr, decay, 1.0)
+        torch.testing.assert_close(update.step(lr, decay), ref_norm)
+    for a, m, p in zip(ref.parameters(), masters, low.parameters()):
+        torch.testing.assert_close(m, a, rtol=1e-6, atol=1e-7)
+        assert p.dtype == torch.bfloat16 and torch.equal(p, m.to(torch.bfloat16))
+    for a, b in zip(ref_ema.parameters(), low_ema.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    moments = [v for s in low_opt.state.values() for k, v in s.items() if k.startswith("exp_avg")]
+    assert moments and all(v.dtype == torch.float32 for v in moments)
+    with pytest.raises(ValueError, match="master_params must be float32"):
+        FusedUpdate(low_opt, list(low_ema.parameters()), master_params=[m.half() for m in masters])

@@ -20,6 +20,11 @@ With step count ``t``, learning rate ``lr``, clip coefficient ``c`` and EMA rate
 
 The moments live in a ``torch.optim.AdamW``'s ``state`` in its own format, so checkpoints are
 the same whichever update ran, and a run may resume with the other one.
+
+Low-precision parameters (``train.param_dtype=bfloat16``): the model holds bf16 ``theta_bf16``
+that the forward uses without casting, and its gradients come out in bf16. ``FusedUpdate`` then
+keeps float32 master weights ``theta`` and applies the equations above to them (``g`` taken to
+float32), the EMA included, and ends the same pass with ``theta_bf16 = bf16(theta)``.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ import torch
 def clip_coefficient(grads: Sequence[torch.Tensor], max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(||g||_2, c)`` with ``c = min(1, max_norm / (||g||_2 + 1e-6))``, both 0-d, on the device.
 
-    The norm is that of :func:`torch.nn.utils.clip_grad_norm_`; no host synchronisation.
+    The norm is that of :func:`torch.nn.utils.clip_grad_norm_` (in float32 for bf16 gradients);
+    no host synchronisation.
     """
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
     return total, torch.clamp(max_norm / (total + 1e-6), max=1.0)
 
 
@@ -52,13 +58,18 @@ def adamw_ema_update_(
     beta2: float,
     eps: float,
     weight_decay: float,
+    param_copies: list[torch.Tensor] | None = None,
 ) -> None:
     """One AdamW step then one EMA step, in place (the module docstring's equations).
 
     ``step`` (the new step count ``t``, >= 1), ``lr``, ``grad_coef`` (``c``) and ``ema_rate``
     (``r``) are 0-d fp32 tensors on the parameters' device, so one compiled graph serves every
-    step of a schedule without recompiling.
+    step of a schedule without recompiling. ``params`` are float32; ``grads`` may be bf16.
+    ``param_copies`` (the model's bf16 parameters, when ``params`` are their master weights)
+    receive the updated ``params``, rounded.
     """
+    if any(grad.dtype != param.dtype for grad, param in zip(grads, params)):
+        grads = [grad.to(param.dtype) for grad, param in zip(grads, params)]
     g = torch._foreach_mul(grads, grad_coef)
     torch._foreach_lerp_(exp_avgs, g, 1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
@@ -73,6 +84,8 @@ def adamw_ema_update_(
     torch._foreach_mul_(update, step_size)
     torch._foreach_sub_(params, update)
     torch._foreach_lerp_(ema_params, params, ema_rate)
+    if param_copies is not None:
+        torch._foreach_copy_(param_copies, params)
 
 
 class FusedUpdate:
@@ -81,6 +94,9 @@ class FusedUpdate:
     ``optimizer`` is a ``torch.optim.AdamW`` (one parameter group, ``amsgrad=False``): it holds
     the hyperparameters and the moments, in its usual ``state_dict`` format; its ``step()`` is not
     called. ``compile=True`` compiles :func:`adamw_ema_update_` (on CUDA: fused Triton kernels).
+    ``master_params`` (float32, one per optimizer parameter) make the optimizer's parameters
+    low-precision copies: the update runs on the masters and rounds them into the parameters;
+    the moments are float32 either way.
     """
 
     def __init__(
@@ -89,6 +105,7 @@ class FusedUpdate:
         ema_params: Sequence[torch.Tensor],
         max_grad_norm: float = 0.0,
         compile: bool = False,
+        master_params: Sequence[torch.Tensor] | None = None,
     ):
         if len(optimizer.param_groups) != 1:
             raise ValueError("FusedUpdate: expected one parameter group")
@@ -102,6 +119,18 @@ class FusedUpdate:
             raise ValueError(
                 f"FusedUpdate: {len(self.params)} parameters but {len(self.ema_params)} EMA parameters"
             )
+        self.master_params = list(master_params) if master_params is not None else None
+        if self.master_params is not None:
+            bad = [
+                i
+                for i, (m, p) in enumerate(zip(self.master_params, self.params))
+                if m.shape != p.shape or m.dtype != torch.float32
+            ]
+            if len(self.master_params) != len(self.params) or bad:
+                raise ValueError(
+                    "FusedUpdate: master_params must be float32 tensors shaped as the optimizer's "
+                    f"{len(self.params)} parameters (mismatch at {bad[:3]})"
+                )
         self.max_grad_norm = float(max_grad_norm)
         device = self.params[0].device
         self._lr = torch.zeros((), device=device)
@@ -120,8 +149,8 @@ class FusedUpdate:
         for p in params:
             if not state[p]:
                 state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[p]["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                state[p]["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
         return (
             [state[p]["step"] for p in params],
             [state[p]["exp_avg"] for p in params],
@@ -137,9 +166,10 @@ class FusedUpdate:
         # as AdamW does, a parameter without a gradient is not stepped; its EMA still moves
         chosen = [i for i, p in enumerate(self.params) if p.grad is not None]
         idle = [i for i, p in enumerate(self.params) if p.grad is None]
+        weights = self.master_params if self.master_params is not None else self.params
         if idle:
             torch._foreach_lerp_(
-                [self.ema_params[i] for i in idle], [self.params[i] for i in idle], self._ema_rate
+                [self.ema_params[i] for i in idle], [weights[i] for i in idle], self._ema_rate
             )
         if not chosen:
             return None
@@ -155,7 +185,7 @@ class FusedUpdate:
         self._lr.fill_(lr)
         beta1, beta2 = group["betas"]
         self._update(
-            params,
+            [weights[i] for i in chosen],
             grads,
             exp_avgs,
             exp_avg_sqs,
@@ -168,5 +198,6 @@ class FusedUpdate:
             beta2,
             group["eps"],
             group["weight_decay"],
+            params if self.master_params is not None else None,
         )
         return grad_norm

@@ -47,6 +47,7 @@ from reed_core.optim import FusedUpdate
 PRECISIONS = ("auto", "bf16", "fp32")
 FUSED_UPDATE = ("auto", "on", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PARAM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class TrainConfig:
     # FP8 matmuls for the nn.Linear layers named by float8_modules (fnmatch patterns), reed_core.float8
     float8: str = "off"  # off | tensorwise | rowwise | rowwise_with_gw_hp
     float8_modules: tuple[str, ...] = ("*",)
+    # float32: parameters in float32 (autocast casts them each step). bfloat16: the model holds
+    # bf16 weights (no casts, bf16 gradients) and the fused update keeps float32 master weights,
+    # which are what checkpoints store; needs bf16 autocast and the fused update.
+    param_dtype: str = "float32"  # float32 | bfloat16
     log_every: int = 50
     ckpt_every: int = 1000
     eval_every: int = 0  # 0: evaluate only at the end (if the task can)
@@ -101,6 +106,16 @@ class TrainConfig:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision: unknown {self.precision!r}; choose one of {PRECISIONS}")
+        if self.param_dtype not in PARAM_DTYPES:
+            raise ValueError(
+                f"train.param_dtype: unknown {self.param_dtype!r}; choose one of {tuple(PARAM_DTYPES)}"
+            )
+        if self.param_dtype != "float32" and (self.precision == "fp32" or self.fused_update == "off"):
+            raise ValueError(
+                f"train.param_dtype={self.param_dtype} needs bf16 autocast (train.precision auto or "
+                "bf16) and the fused update, which keeps the float32 master weights "
+                "(train.fused_update auto or on)"
+            )
         if self.float8 not in FLOAT8_RECIPES:
             raise ValueError(f"train.float8: unknown {self.float8!r}; choose one of {FLOAT8_RECIPES}")
         if isinstance(self.float8_modules, str) or not self.float8_modules:
@@ -277,7 +292,20 @@ class Trainer:
         self.float8_layers: list[str] = []  # the EMA keeps plain nn.Linear: it samples in bf16/fp32
         if cfg.float8 != "off":
             self.float8_layers = convert_to_float8(self.model, cfg.float8, cfg.float8_modules)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # low-precision parameters: float32 masters (trained floating-point parameters only)
+        self._trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.master_params: list[torch.Tensor] | None = None
+        if cfg.param_dtype != "float32":
+            if not use_bf16:
+                raise ValueError(
+                    f"train.param_dtype={cfg.param_dtype} needs bf16 autocast: train.precision=bf16, "
+                    "or auto on a GPU"
+                )
+            self.master_params = [p.detach().float().clone() for _, p in self._trained]
+            for _, p in self._trained:
+                if p.is_floating_point():
+                    p.data = p.data.to(PARAM_DTYPES[cfg.param_dtype])
+        params = [p for _, p in self._trained]
         self.optimizer = torch.optim.AdamW(
             params,
             lr=cfg.lr,
@@ -299,18 +327,31 @@ class Trainer:
         self._ema_params = list(self.ema.parameters())
         self._model_params = list(self.model.parameters())
         fused = cfg.fused_update == "on" or (cfg.fused_update == "auto" and cfg.compile and kind == "cuda")
+        fused = fused or self.master_params is not None  # the masters live in the fused update
         self.fused_update: FusedUpdate | None = None
         if fused:
             ema_trained = [e for e, p in zip(self._ema_params, self._model_params) if p.requires_grad]
             self.fused_update = FusedUpdate(
-                self.optimizer, ema_trained, cfg.grad_clip, compile=cfg.compile and kind == "cuda"
+                self.optimizer,
+                ema_trained,
+                cfg.grad_clip,
+                compile=cfg.compile and kind == "cuda",
+                master_params=self.master_params,
             )
 
     # -- state ---------------------------------------------------------------------------------
+    def model_state_dict(self) -> dict[str, Any]:
+        """The model's ``state_dict``, with the float32 master weights where the model holds bf16."""
+        state = self.model.state_dict()
+        if self.master_params is not None:
+            for (name, _), master in zip(self._trained, self.master_params):
+                state[name] = master
+        return state
+
     def state_dict(self) -> dict[str, Any]:
         state = {
             "step": self.step,
-            "model": self.model.state_dict(),
+            "model": self.model_state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
@@ -321,9 +362,22 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state["model"])  # rounds into bf16 parameters where they are
         self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.master_params is None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            with torch.no_grad():
+                for (name, _), master in zip(self._trained, self.master_params):
+                    master.copy_(state["model"][name])
+            # AdamW.load_state_dict would cast the moments to the (bf16) parameters' dtype
+            saved = state["optimizer"]
+            self.optimizer.load_state_dict({**saved, "state": {}})
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            for index, values in saved["state"].items():
+                self.optimizer.state[params[int(index)]] = {
+                    k: v.to(self.device, torch.float32) for k, v in values.items()
+                }
         self.step = int(state["step"])
         if "task" in state and hasattr(self.task, "load_state_dict"):
             self.task.load_state_dict(state["task"])
@@ -457,7 +511,11 @@ class Trainer:
         results: dict[str, float] = {}
         if self.dist.is_main:
             self.model.eval()
-            with torch.no_grad():
+            # bf16 parameters need autocast to meet float32 inputs (the EMA then runs under it too)
+            low_precision = torch.autocast(
+                self.device.type, torch.bfloat16, enabled=self.master_params is not None
+            )
+            with torch.no_grad(), low_precision:
                 results = {
                     f"eval/{k}": float(v)
                     for k, v in self.task.evaluate(self.model, self.ema, self.step, self.run_dir).items()

@@ -401,6 +401,8 @@ class SiT(nn.Module):
         self.check_input(x)
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
         c = self.t_embedder(tau) + self.y_embedder(y)  # (B, D)
+        # at least float32 (also with bf16 parameters, train.param_dtype): every block adds to its gradient
+        c = c.to(torch.promote_types(c.dtype, torch.float32))
         if self.cfg.fused_adaln:
             return self.unpatchify(self._forward_fused_adaln(h, c))
         for block in self.blocks:
