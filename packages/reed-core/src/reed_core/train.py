@@ -14,7 +14,8 @@ periodic logging, evaluation and atomic checkpoints. A domain implements :class:
   ``load_state_dict`` for task state outside the model.
 
 Speed: bf16 autocast, fused AdamW on CUDA, a foreach EMA, optional ``torch.compile`` (which also
-fuses clipping, AdamW and the EMA into one pass, :mod:`reed_core.optim`); logged
+fuses clipping, AdamW and the EMA into one pass, :mod:`reed_core.optim`), optional bf16
+parameters with float32 masters in that pass (``param_dtype``); logged
 terms are summed on the device and read back once per ``log_every`` steps (no per-step sync).
 Exact resume: model, EMA, optimiser, step and every RNG state are checkpointed together.
 """
