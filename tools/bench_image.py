@@ -31,7 +31,7 @@ import torch
 
 from reed_core.features import FeatureStoreWriter
 from reed_core.float8 import FLOAT8_RECIPES
-from reed_core.train import FUSED_UPDATE, Trainer
+from reed_core.train import FUSED_UPDATE, PARAM_DTYPES, Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
 from reed_image.models.sit import ATTENTION_BACKENDS, SiTConfig
 
@@ -81,18 +81,15 @@ def profile_steps(trainer: Trainer, task: Any, device: torch.device, first: int,
             torch.cuda.synchronize()
     sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = prof.key_averages().table(sort_by=sort_by, row_limit=60, max_name_column_width=90)
+    averages = prof.key_averages()
+    table = averages.table(sort_by=sort_by, row_limit=60, max_name_column_width=90)
     if device.type == "cuda":  # GPU kernels only (no runtime/launch rows), to compare with wall time
-        kernel_us = sum(
-            e.self_device_time_total
-            for e in prof.key_averages()
-            if e.device_type == torch.autograd.DeviceType.CUDA and e.key != "Command Buffer Full"
-        )
-        table += f"\nGPU kernel time per step: {kernel_us / 5 / 1000:.2f} ms\n"
         kernels = sorted(
-            (e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA),
+            (e for e in averages if e.device_type == torch.autograd.DeviceType.CUDA),
             key=lambda e: -e.self_device_time_total,
         )
+        kernel_us = sum(e.self_device_time_total for e in kernels if e.key != "Command Buffer Full")
+        table += f"\nGPU kernel time per step: {kernel_us / 5 / 1000:.2f} ms\n"
         table += "\nGPU kernels, per step (ms, calls):\n" + "".join(
             f"{e.self_device_time_total / 5 / 1000:8.3f} {e.count / 5:6.1f}  {e.key[:150]}\n"
             for e in kernels[:120]
@@ -139,7 +136,7 @@ def main() -> None:
     )
     p.add_argument(
         "--param-dtype",
-        choices=["float32", "bfloat16"],
+        choices=tuple(PARAM_DTYPES),
         default="float32",
         help="train.param_dtype: bfloat16 keeps bf16 weights, float32 masters in the fused update",
     )

@@ -303,9 +303,8 @@ class Trainer:
                     "or auto on a GPU"
                 )
             self.master_params = [p.detach().float().clone() for _, p in self._trained]
-            for _, p in self._trained:
-                if p.is_floating_point():
-                    p.data = p.data.to(PARAM_DTYPES[cfg.param_dtype])
+            for _, p in self._trained:  # requires_grad: floating point
+                p.data = p.data.to(PARAM_DTYPES[cfg.param_dtype])
         params = [p for _, p in self._trained]
         self.optimizer = torch.optim.AdamW(
             params,
@@ -374,9 +373,8 @@ class Trainer:
             # AdamW.load_state_dict would cast the moments to the (bf16) parameters' dtype
             saved = state["optimizer"]
             self.optimizer.load_state_dict({**saved, "state": {}})
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            for index, values in saved["state"].items():
-                self.optimizer.state[params[int(index)]] = {
+            for index, values in saved["state"].items():  # indices follow the trained parameters
+                self.optimizer.state[self._trained[int(index)][1]] = {
                     k: v.to(self.device, torch.float32) for k, v in values.items()
                 }
         self.step = int(state["step"])
