@@ -141,6 +141,11 @@ def main() -> None:
         help="train.param_dtype: bfloat16 keeps bf16 weights, float32 masters in the fused update",
     )
     p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="record the whole step (forward, backward, update) as one CUDA graph (train.cuda_graph)",
+    )
+    p.add_argument(
         "--inductor",
         action="append",
         default=[],
@@ -211,6 +216,7 @@ def main() -> None:
                 fused_update=args.fused_update,
                 float8=args.float8,
                 param_dtype=args.param_dtype,
+                cuda_graph=args.cuda_graph,
                 device=args.device,
                 steps=10**9,
                 progress_bar=False,
@@ -259,6 +265,7 @@ def main() -> None:
         "float8": args.float8,
         "float8_layers": len(trainer.float8_layers),
         "param_dtype": args.param_dtype,
+        "cuda_graph": args.cuda_graph,
         "inductor": inductor,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "images_per_s": round(images_per_s, 1),

@@ -44,6 +44,8 @@ def label(name: str, result: dict) -> str:
         parts.append(f"{result['param_dtype']} params")
     if result.get("compile") == "reduce-overhead":
         parts.append("CUDA graphs")
+    if result.get("cuda_graph"):
+        parts.append("step graph")
     return "\n".join(parts)
 
 

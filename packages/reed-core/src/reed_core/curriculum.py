@@ -54,3 +54,9 @@ class Curriculum:
     def weights(self, progress: float) -> CurriculumWeights:
         w_align = {name: self.w_align_for(name, progress) for name in self.target_names}
         return CurriculumWeights(w_diff=self.cfg.w_diff(progress), w_align=w_align)
+
+    def key(self, progress: float) -> tuple[float, ...]:
+        """``(w_diff, w_align_1, ...)`` at ``progress``: every host number the objective takes from
+        the curriculum (a task's ``graph_key``, see :mod:`reed_core.cuda_graph`)."""
+        weights = self.weights(progress)
+        return (weights.w_diff, *(weights.w_align[name] for name in self.target_names))

@@ -144,25 +144,35 @@ class FusedUpdate:
         self, params: list[torch.Tensor]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """``step``, ``exp_avg``, ``exp_avg_sq`` of ``params`` in the optimizer's state (created as
-        AdamW creates them)."""
+        AdamW creates them; a step count loaded onto the CPU is moved to the parameter's device, so
+        the update never reads host memory and can be captured in a CUDA graph)."""
         state = self.optimizer.state
         for p in params:
             if not state[p]:
                 state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state[p]["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                 state[p]["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            elif state[p]["step"].device != p.device:
+                state[p]["step"] = state[p]["step"].to(p.device, torch.float32)
         return (
             [state[p]["step"] for p in params],
             [state[p]["exp_avg"] for p in params],
             [state[p]["exp_avg_sq"] for p in params],
         )
 
-    @torch.no_grad()
-    def step(self, lr: float, ema_decay: float) -> torch.Tensor | None:
-        """Update parameters and EMA from the current gradients; returns ``||g||`` when clipping."""
-        group = self.optimizer.param_groups[0]
-        group["lr"] = lr
+    def set_rates(self, lr: float, ema_decay: float) -> None:
+        """This step's learning rate and EMA decay, written into the device scalars that
+        :meth:`apply` reads (host work: call it outside a captured CUDA graph)."""
+        self.optimizer.param_groups[0]["lr"] = lr
+        self._lr.fill_(lr)
         self._ema_rate.fill_(1.0 - ema_decay)
+
+    @torch.no_grad()
+    def apply(self) -> torch.Tensor | None:
+        """Update parameters and EMA from the current gradients at the rates of the last
+        :meth:`set_rates`; returns ``||g||`` when clipping. Device work only: no host reads or
+        syncs, so a CUDA graph may capture it."""
+        group = self.optimizer.param_groups[0]
         # as AdamW does, a parameter without a gradient is not stepped; its EMA still moves
         chosen = [i for i, p in enumerate(self.params) if p.grad is not None]
         idle = [i for i, p in enumerate(self.params) if p.grad is None]
@@ -182,7 +192,6 @@ class FusedUpdate:
             grad_norm, grad_coef = clip_coefficient(grads, self.max_grad_norm)
         steps, exp_avgs, exp_avg_sqs = self._state(params)
         torch._foreach_add_(steps, 1.0)
-        self._lr.fill_(lr)
         beta1, beta2 = group["betas"]
         self._update(
             [weights[i] for i in chosen],
@@ -201,3 +210,8 @@ class FusedUpdate:
             params if self.master_params is not None else None,
         )
         return grad_norm
+
+    def step(self, lr: float, ema_decay: float) -> torch.Tensor | None:
+        """:meth:`set_rates` then :meth:`apply`: one update at ``lr`` and ``ema_decay``."""
+        self.set_rates(lr, ema_decay)
+        return self.apply()

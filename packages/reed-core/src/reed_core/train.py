@@ -11,11 +11,14 @@ periodic logging, evaluation and atomic checkpoints. A domain implements :class:
 * ``loss(model, batch, step) -> ObjectiveOutput``: calls ``model`` (the DDP / compiled wrapper)
   once and combines the terms (:class:`reed_core.objective.ReedObjective`);
 * optionally ``evaluate(model, ema_model, step, run_dir) -> dict`` and ``state_dict`` /
-  ``load_state_dict`` for task state outside the model.
+  ``load_state_dict`` for task state outside the model;
+* optionally ``graph_key(step)``: a hashable of every host value ``loss`` derives from ``step``
+  (curriculum weights); ``train.cuda_graph`` replays a recorded step while it stays the same.
 
 Speed: bf16 autocast, fused AdamW on CUDA, a foreach EMA, optional ``torch.compile`` (which also
 fuses clipping, AdamW and the EMA into one pass, :mod:`reed_core.optim`), optional bf16
-parameters with float32 masters in that pass (``param_dtype``); logged
+parameters with float32 masters in that pass (``param_dtype``), optionally the whole step as
+one CUDA graph (``cuda_graph``, :mod:`reed_core.cuda_graph`); logged
 terms are summed on the device and read back once per ``log_every`` steps (no per-step sync).
 Exact resume: model, EMA, optimiser, step and every RNG state are checkpointed together.
 """
@@ -41,6 +44,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from reed_core.config import config_to_dict, save_config
+from reed_core.cuda_graph import GraphedStep
 from reed_core.float8 import FLOAT8_RECIPES, convert_to_float8
 from reed_core.objective import ObjectiveOutput
 from reed_core.optim import FusedUpdate
@@ -79,6 +83,12 @@ class TrainConfig:
     # bf16 weights (no casts, bf16 gradients) and the fused update keeps float32 master weights,
     # which are what checkpoints store; needs bf16 autocast and the fused update.
     param_dtype: str = "float32"  # float32 | bfloat16
+    # record the whole step (forward, backward, fused update) as one CUDA graph and replay it
+    # (reed_core.cuda_graph): no per-step host work beyond copying the batch in. Needs one CUDA
+    # process, the fused update, a task with graph_key(step), and a compile_mode without its own
+    # CUDA graphs. cuda_graph_warmup eager steps precede each capture.
+    cuda_graph: bool = False
+    cuda_graph_warmup: int = 3
     log_every: int = 50
     ckpt_every: int = 1000
     eval_every: int = 0  # 0: evaluate only at the end (if the task can)
@@ -89,7 +99,7 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "ckpt_every"):
+        for name in ("steps", "batch_size", "log_every", "ckpt_every", "cuda_graph_warmup"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name}: must be > 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip", "lr_warmup_steps", "eval_every"):
@@ -116,6 +126,17 @@ class TrainConfig:
                 f"train.param_dtype={self.param_dtype} needs bf16 autocast (train.precision auto or "
                 "bf16) and the fused update, which keeps the float32 master weights "
                 "(train.fused_update auto or on)"
+            )
+        if self.cuda_graph and self.fused_update == "off":
+            raise ValueError(
+                "train.cuda_graph needs the fused update (train.fused_update auto or on): the "
+                "reference update reads its learning rate on the host"
+            )
+        if self.cuda_graph and self.compile_mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(
+                f"train.cuda_graph: train.compile_mode={self.compile_mode} records CUDA graphs of "
+                "its own, which cannot nest in the step's graph; use default or "
+                "max-autotune-no-cudagraphs"
             )
         if self.float8 not in FLOAT8_RECIPES:
             raise ValueError(f"train.float8: unknown {self.float8!r}; choose one of {FLOAT8_RECIPES}")
@@ -328,6 +349,7 @@ class Trainer:
         self._model_params = list(self.model.parameters())
         fused = cfg.fused_update == "on" or (cfg.fused_update == "auto" and cfg.compile and kind == "cuda")
         fused = fused or self.master_params is not None  # the masters live in the fused update
+        fused = fused or cfg.cuda_graph  # a graph needs the update's rates on the device
         self.fused_update: FusedUpdate | None = None
         if fused:
             ema_trained = [e for e, p in zip(self._ema_params, self._model_params) if p.requires_grad]
@@ -337,6 +359,23 @@ class Trainer:
                 cfg.grad_clip,
                 compile=cfg.compile and kind == "cuda",
                 master_params=self.master_params,
+            )
+        self.graphed_step: GraphedStep | None = None
+        if cfg.cuda_graph:
+            problems = []
+            if kind != "cuda":
+                problems.append("a CUDA device")
+            if self.dist.world > 1:
+                problems.append(f"one process (this run has {self.dist.world})")
+            if not hasattr(task, "graph_key"):
+                problems.append(f"a task with graph_key(step) ({type(task).__name__} has none)")
+            if problems:
+                raise ValueError("train.cuda_graph needs " + " and ".join(problems))
+            self.graphed_step = GraphedStep(
+                self._device_step,
+                task.graph_key,
+                cfg.cuda_graph_warmup,
+                before_capture=lambda: self.optimizer.zero_grad(set_to_none=True),
             )
 
     # -- state ---------------------------------------------------------------------------------
@@ -362,6 +401,8 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.graphed_step is not None:  # the optimizer's state tensors are about to be replaced
+            self.graphed_step.reset()
         self.model.load_state_dict(state["model"])  # rounds into bf16 parameters where they are
         self.ema.load_state_dict(state["ema"])
         if self.master_params is None:
@@ -413,25 +454,37 @@ class Trainer:
         return min(self.cfg.ema_decay, (1.0 + step) / (10.0 + step))
 
     def train_step(self, batch: Any) -> ObjectiveOutput:
+        """One step on ``batch``: loss, backward, clip + AdamW + EMA (replayed from a CUDA graph
+        under ``train.cuda_graph``)."""
+        lr, ema_decay = self.lr_at(self.step), self.ema_decay_at(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
+            group["lr"] = lr
+        if self.fused_update is not None:
+            self.fused_update.set_rates(lr, ema_decay)
+        if self.graphed_step is not None:
+            return self.graphed_step(batch, self.step)
+        return self._device_step(batch, self.step)
+
+    def _device_step(self, batch: Any, step: int) -> ObjectiveOutput:
+        """The device work of one step; with the fused update it reads no host state but
+        ``step`` (through the task) and can be recorded as a CUDA graph."""
         with torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.float32,
             enabled=self.autocast_dtype is not None,
         ):
-            out = self.task.loss(self.train_model, batch, self.step)
+            out = self.task.loss(self.train_model, batch, step)
         out.loss.backward()
-        ema_decay = self.ema_decay_at(self.step)
         if self.fused_update is not None:  # the same update as below, in one pass
-            grad_norm = self.fused_update.step(self.lr_at(self.step), ema_decay)
+            grad_norm = self.fused_update.apply()
         else:
             grad_norm = None
             if self.cfg.grad_clip > 0:
                 grad_norm = nn.utils.clip_grad_norm_(self._model_params, self.cfg.grad_clip)
             self.optimizer.step()
             with torch.no_grad():
-                torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - ema_decay)
+                rate = 1.0 - self.ema_decay_at(step)
+                torch._foreach_lerp_(self._ema_params, self._model_params, rate)
         self.optimizer.zero_grad(set_to_none=True)
         if grad_norm is not None:
             out.terms["grad_norm"] = grad_norm.detach()
@@ -463,7 +516,9 @@ class Trainer:
         steps_per_epoch = max(int(self.task.steps_per_epoch), 1)
         self.model.train()
         while self.step < cfg.steps:
+            t_batch = time.perf_counter()
             batch = self.task.batch(self.step, self.dist.rank, self.dist.world, self.device)
+            host["host/batch_ms"] = 1000 * (time.perf_counter() - t_batch)  # a stall shows here first
             out = self.train_step(batch)
             for name, value in out.terms.items():
                 if isinstance(value, torch.Tensor):

@@ -15,7 +15,6 @@ with probability ``class_dropout`` (classifier-free guidance).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,7 +118,6 @@ class ImageTask:
         )
         self.sampler = EpochSampler(len(self.images), cfg.train.batch_size, cfg.train.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
-        self._batch_ms = 0.0  # host time of the last batch() (logged: a stall shows here first)
         self._evaluator = None
         self._vae = None
 
@@ -130,7 +128,6 @@ class ImageTask:
         return t.to(device, non_blocking=True)
 
     def batch(self, step: int, rank: int, world: int, device: torch.device) -> ImageBatch:
-        t0 = time.perf_counter()
         index = torch.from_numpy(self.sampler.indices(step, rank, world))
         idx = self._to_device(index, self._x.device) if self._x.device != index.device else index
         x, y = self._x[idx], self._y[idx]
@@ -140,7 +137,6 @@ class ImageTask:
         else:
             x = to_unit_range(x)  # (B, C, H, W) in [-1, 1]
         z = {name: table.gather(index) for name, table in self.tables.items()}
-        self._batch_ms = 1000 * (time.perf_counter() - t0)
         return ImageBatch(x=x, y=y, index=index, z=z)
 
     def z_targets(self, batch: ImageBatch) -> dict[str, torch.Tensor]:
@@ -161,6 +157,10 @@ class ImageTask:
         return out
 
     # -- objective -------------------------------------------------------------------------------
+    def graph_key(self, step: int) -> tuple[float, ...]:
+        """The host numbers ``loss`` takes from ``step``: the curriculum weights."""
+        return self.curriculum.key(self.curriculum.progress(step, self.steps_per_epoch))
+
     def loss(self, model: nn.Module, batch: ImageBatch, step: int) -> ObjectiveOutput:
         x0, y = batch.x, batch.y
         B = x0.shape[0]
@@ -175,9 +175,7 @@ class ImageTask:
         v_pred, align = model(x_tau, tau, y, tau=tau, z_targets=z_targets)
         gen_loss = velocity_loss(v_pred, v)  # (B,)
         progress = self.curriculum.progress(step, self.steps_per_epoch)
-        out = self.objective(gen_loss, align, progress)
-        out.terms["host/batch_ms"] = self._batch_ms
-        return out
+        return self.objective(gen_loss, align, progress)
 
     # -- sampling and evaluation -----------------------------------------------------------------
     @torch.no_grad()

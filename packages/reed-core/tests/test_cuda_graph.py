@@ -1,0 +1,163 @@
+"""The whole training step as one CUDA graph (train.cuda_graph, reed_core.cuda_graph).
+
+The CPU tests cover the batch copy, the curriculum key and the configuration errors; the CUDA
+tests (run on a GPU machine; skipped in CPU CI) train the toy task with recorded steps and compare
+every logged loss and every parameter with eager steps.
+"""
+
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+
+from reed_core.cuda_graph import copy_into
+from reed_core.curriculum import Curriculum, CurriculumConfig
+from reed_core.examples.toy2d import Toy2DConfig, ToyTask
+from reed_core.schedules import constant, linear_warmup
+from reed_core.train import TrainConfig, Trainer, read_metrics
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    z: dict
+    name: str
+
+
+def test_copy_into_writes_every_tensor_in_place_and_keeps_the_static_tensors():
+    static = Batch(torch.zeros(2, 3), {"a": torch.zeros(4), "b": [torch.zeros(1)]}, "vision")
+    x, a, b0 = static.x, static.z["a"], static.z["b"][0]
+    new = Batch(torch.ones(2, 3), {"a": torch.arange(4.0), "b": [torch.full((1,), 7.0)]}, "vision")
+    copy_into(static, new)
+    assert static.x is x and static.z["a"] is a and static.z["b"][0] is b0  # same storage
+    assert torch.equal(x, new.x) and torch.equal(a, new.z["a"]) and b0.item() == 7.0
+
+
+@pytest.mark.parametrize(
+    "new, message",
+    [
+        (Batch(torch.ones(3, 3), {"a": torch.zeros(4), "b": [torch.zeros(1)]}, "vision"), r"batch\.x: shape"),
+        (
+            Batch(
+                torch.ones(2, 3), {"a": torch.zeros(4, dtype=torch.int64), "b": [torch.zeros(1)]}, "vision"
+            ),
+            r"batch\.z\['a'\]",
+        ),
+        (Batch(torch.ones(2, 3), {"a": torch.zeros(4)}, "vision"), r"batch\.z: keys"),
+        (Batch(torch.ones(2, 3), {"a": torch.zeros(4), "b": [torch.zeros(1)]}, "caption"), r"batch\.name"),
+    ],
+)
+def test_copy_into_names_the_field_that_changed(new, message):
+    static = Batch(torch.zeros(2, 3), {"a": torch.zeros(4), "b": [torch.zeros(1)]}, "vision")
+    with pytest.raises(ValueError, match=message):
+        copy_into(static, new)
+
+
+def test_curriculum_key_holds_every_weight_and_changes_only_with_them():
+    cur = Curriculum(
+        CurriculumConfig(w_diff=linear_warmup(0, 4), w_align=constant(0.5), per_target={"b": constant(2.0)}),
+        ["a", "b"],
+    )
+    assert cur.key(2.0) == (0.5, 0.5, 2.0)
+    assert cur.key(1.0) != cur.key(2.0)
+    assert cur.key(4.0) == cur.key(9.0) == (1.0, 0.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"cuda_graph": True, "fused_update": "off"}, "train.cuda_graph needs the fused update"),
+        ({"cuda_graph": True, "compile_mode": "reduce-overhead"}, "cannot nest"),
+        ({"cuda_graph_warmup": 0}, "train.cuda_graph_warmup"),
+    ],
+)
+def test_cuda_graph_config_errors_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**fields)
+
+
+def test_cuda_graph_on_the_cpu_is_a_clear_error(tmp_path):
+    cfg = toy(tmp_path, 2, "cpu", cuda_graph=True)
+    with pytest.raises(ValueError, match="train.cuda_graph needs a CUDA device"):
+        Trainer(cfg.train, ToyTask(cfg))
+
+
+def toy(run_dir, steps, device, diffusion_warmup=0, **train):
+    cfg = Toy2DConfig(
+        num_examples=512,
+        width=32,
+        depth=3,
+        eval_samples=64,
+        sample_steps=4,
+        diffusion_warmup=diffusion_warmup,
+    )
+    return replace(
+        cfg,
+        train=replace(
+            cfg.train,
+            run_dir=str(run_dir),
+            steps=steps,
+            batch_size=32,
+            log_every=1,
+            ckpt_every=3,
+            progress_bar=False,
+            tensorboard=False,
+            device=device,
+            fused_update="on",
+            **train,
+        ),
+    )
+
+
+def run(cfg):
+    trainer = Trainer(cfg.train, ToyTask(cfg), experiment_config=cfg)
+    trainer.fit()
+    return trainer, [m for m in read_metrics(cfg.train.run_dir) if "loss" in m]
+
+
+def assert_same_run(a, b, rtol=1e-5, atol=1e-6):
+    (ta, ma), (tb, mb) = a, b
+    assert [m["step"] for m in ma] == [m["step"] for m in mb]
+    for x, y in zip(ma, mb):
+        for key in ("loss", "loss_gen", "grad_norm", "w_diff"):
+            assert y[key] == pytest.approx(x[key], rel=rtol, abs=atol), (x["step"], key, x[key], y[key])
+    for pa, pb in zip(ta.model.parameters(), tb.model.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=rtol, atol=atol)
+    for pa, pb in zip(ta.ema.parameters(), tb.ema.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=rtol, atol=atol)
+
+
+@cuda_only
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_recorded_steps_train_as_eager_steps(tmp_path, param_dtype):
+    eager = run(toy(tmp_path / "eager", 9, "cuda", param_dtype=param_dtype))
+    graphed = run(
+        toy(tmp_path / "graph", 9, "cuda", param_dtype=param_dtype, cuda_graph=True, cuda_graph_warmup=2)
+    )
+    steps = graphed[0].graphed_step
+    assert (steps.captures, steps.replays) == (1, 9 - 3)  # 2 eager, 1 recorded (and run), 6 replays
+    assert_same_run(eager, graphed)
+
+
+@cuda_only
+def test_a_changing_curriculum_runs_eagerly_until_its_weights_settle(tmp_path):
+    # w_diff ramps over steps 0..4, so the key changes each step until step 4
+    eager = run(toy(tmp_path / "eager", 10, "cuda", diffusion_warmup=4))
+    graphed = run(
+        toy(tmp_path / "graph", 10, "cuda", diffusion_warmup=4, cuda_graph=True, cuda_graph_warmup=2)
+    )
+    steps = graphed[0].graphed_step
+    assert (steps.captures, steps.replays) == (1, 3)  # steps 0-5 eager, 6 recorded, 7-9 replayed
+    assert [m["w_diff"] for m in graphed[1]][:5] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert_same_run(eager, graphed)
+
+
+@cuda_only
+def test_recorded_steps_resume_exactly(tmp_path):
+    straight = run(toy(tmp_path / "a", 8, "cuda", cuda_graph=True, cuda_graph_warmup=1))
+    run(toy(tmp_path / "b", 3, "cuda", cuda_graph=True, cuda_graph_warmup=1))  # checkpoints at step 3
+    resumed = run(toy(tmp_path / "b", 8, "cuda", cuda_graph=True, cuda_graph_warmup=1))
+    assert resumed[0].graphed_step.captures == 1
+    assert_same_run(straight, resumed, rtol=0, atol=0)
