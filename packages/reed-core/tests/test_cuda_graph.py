@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from reed_core.cuda_graph import copy_into
-from reed_core.curriculum import Curriculum, CurriculumConfig
 from reed_core.examples.toy2d import Toy2DConfig, ToyTask
-from reed_core.schedules import constant, linear_warmup
 from reed_core.train import TrainConfig, Trainer, read_metrics
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -53,16 +51,6 @@ def test_copy_into_names_the_field_that_changed(new, message):
     static = Batch(torch.zeros(2, 3), {"a": torch.zeros(4), "b": [torch.zeros(1)]}, "vision")
     with pytest.raises(ValueError, match=message):
         copy_into(static, new)
-
-
-def test_curriculum_key_holds_every_weight_and_changes_only_with_them():
-    cur = Curriculum(
-        CurriculumConfig(w_diff=linear_warmup(0, 4), w_align=constant(0.5), per_target={"b": constant(2.0)}),
-        ["a", "b"],
-    )
-    assert cur.key(2.0) == (0.5, 0.5, 2.0)
-    assert cur.key(1.0) != cur.key(2.0)
-    assert cur.key(4.0) == cur.key(9.0) == (1.0, 0.5, 2.0)
 
 
 @pytest.mark.parametrize(
@@ -141,17 +129,51 @@ def test_recorded_steps_train_as_eager_steps(tmp_path, param_dtype):
     assert_same_run(eager, graphed)
 
 
+def test_the_loss_given_the_step_as_a_tensor_matches_the_host_step(tmp_path):
+    # under train.cuda_graph the loss sees the step on the device; the curriculum must agree
+    cfg = toy(tmp_path, 2, "cpu", diffusion_warmup=8)
+    task = ToyTask(cfg)
+    batch = task.batch(3, 0, 1, torch.device("cpu"))
+    for step in (0, 3, 7, 8, 50):
+        torch.manual_seed(0)
+        host = task.loss(task.model, batch, step)
+        torch.manual_seed(0)
+        device = task.loss(task.model, batch, torch.tensor(float(step), dtype=torch.float64))
+        assert device.loss.dtype == host.loss.dtype == torch.float32
+        torch.testing.assert_close(device.loss, host.loss, rtol=1e-6, atol=1e-7)
+        assert float(device.terms["w_diff"]) == pytest.approx(host.terms["w_diff"], abs=1e-7)
+
+
 @cuda_only
-def test_a_changing_curriculum_runs_eagerly_until_its_weights_settle(tmp_path):
-    # w_diff ramps over steps 0..4, so the key changes each step until step 4
+def test_a_ramping_curriculum_is_replayed_from_one_graph(tmp_path):
+    # w_diff ramps over steps 0..4: computed on the device, the graph needs no second capture
     eager = run(toy(tmp_path / "eager", 10, "cuda", diffusion_warmup=4))
     graphed = run(
-        toy(tmp_path / "graph", 10, "cuda", diffusion_warmup=4, cuda_graph=True, cuda_graph_warmup=2)
+        toy(tmp_path / "graph", 10, "cuda", diffusion_warmup=4, cuda_graph=True, cuda_graph_warmup=1)
     )
     steps = graphed[0].graphed_step
-    assert (steps.captures, steps.replays) == (1, 3)  # steps 0-5 eager, 6 recorded, 7-9 replayed
-    assert [m["w_diff"] for m in graphed[1]][:5] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert (steps.captures, steps.replays) == (1, 8)
+    assert [m["w_diff"] for m in graphed[1]][:6] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
     assert_same_run(eager, graphed)
+
+
+class KeyedToyTask(ToyTask):
+    """A task with one host value that changes at step 5 (say, a switch read on the host)."""
+
+    def graph_key(self, step):
+        return step >= 5
+
+
+@cuda_only
+def test_a_changed_graph_key_records_the_step_again(tmp_path):
+    cfg = toy(tmp_path / "keyed", 10, "cuda", cuda_graph=True, cuda_graph_warmup=2)
+    trainer = Trainer(cfg.train, KeyedToyTask(cfg), experiment_config=cfg)
+    trainer.fit()
+    steps = trainer.graphed_step
+    # steps 0-1 eager, 2 recorded, 3-4 replayed; key changes: 5-6 eager, 7 recorded, 8-9 replayed
+    assert (steps.captures, steps.replays) == (2, 4)
+    eager = run(toy(tmp_path / "eager", 10, "cuda"))
+    assert_same_run(eager, (trainer, [m for m in read_metrics(cfg.train.run_dir) if "loss" in m]))
 
 
 @cuda_only

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from reed_core import schedules as S
 
@@ -52,3 +53,23 @@ def test_bad_schedules_name_the_field():
         S.Schedule("linear", start=10, end=5)
     with pytest.raises(ValueError, match="knots"):
         S.piecewise([(5, 1.0), (1, 0.0)])
+
+
+@pytest.mark.parametrize(
+    "sched",
+    [
+        S.constant(0.3),
+        S.linear_warmup(10, 20),
+        S.cosine_decay(10, 20, 0.8, 0.1),
+        S.sigmoid(10, 20),
+        S.Schedule("linear", 10, 10, 0.2, 0.7),  # a step at 10
+        S.piecewise([(0, 0.0), (10, 1.0), (10, 0.4), (20, 0.5)]),
+        S.Product((S.linear_warmup(0, 10), S.cosine_decay(15, 25))),
+    ],
+)
+def test_tensor_progress_gives_the_float_schedule(sched):
+    # the step on the device inside a recorded CUDA graph: same values as on the host
+    points = [-3.0, 0.0, 2.5, 9.999, 10.0, 10.5, 13.0, 15.0, 19.0, 20.0, 24.0, 30.0, 1e6]
+    values = sched(torch.tensor(points, dtype=torch.float64))
+    assert isinstance(values, torch.Tensor) and values.dtype == torch.float64
+    assert values.tolist() == pytest.approx([sched(p) for p in points], abs=1e-12)

@@ -8,12 +8,14 @@ replays the graph: one launch per step.
 
 What a replay cannot see, and how this module keeps it correct:
 
-* **Host values.** Python numbers the step derives from the step count (curriculum weights, say)
-  are frozen into the graph when it is recorded. The task's ``graph_key(step)`` names all of them;
-  the graph is replayed only while the key is unchanged. When the key changes, the graph is
-  dropped, ``warmup`` steps run eagerly, and the step is recorded again (with a schedule that
-  changes the key every step, every step is eager). Learning rate and EMA decay are device
-  scalars written before each replay (:meth:`reed_core.optim.FusedUpdate.set_rates`).
+* **Host values.** Python numbers computed from the step count would be frozen into the graph
+  when it is recorded. So the Trainer hands the task's loss the step as a device tensor, written
+  before each replay, and the curriculum weights are computed from it on the device
+  (:mod:`reed_core.schedules` takes tensors). Learning rate and EMA decay are device scalars too
+  (:meth:`reed_core.optim.FusedUpdate.set_rates`). Host values a task still derives from the
+  step are named by its ``graph_key(step)``: the graph is replayed only while the key is
+  unchanged; when it changes, the graph is dropped, ``warmup`` steps run eagerly, and the step is
+  recorded again.
 * **Inputs.** Every tensor of the batch is copied into the tensor recorded at capture; the batch
   must keep its structure, shapes and dtypes, and its non-tensor fields must stay equal.
 * **Randomness.** ``torch.cuda.graph`` registers the default CUDA generator, so every replay

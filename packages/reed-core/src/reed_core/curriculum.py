@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from reed_core.schedules import Schedule, constant
 
 UNITS = ("step", "epoch")
@@ -44,8 +46,12 @@ class Curriculum:
         self.cfg = cfg
         self.target_names = tuple(target_names)
 
-    def progress(self, step: int, steps_per_epoch: int) -> float:
-        """Progress ``p`` of ``step`` in the curriculum's unit."""
+    def progress(self, step: int | torch.Tensor, steps_per_epoch: int) -> float | torch.Tensor:
+        """Progress ``p`` of ``step`` in the curriculum's unit (a tensor for a tensor ``step``:
+        then every weight below is a tensor too, computed on the step's device)."""
+        if isinstance(step, torch.Tensor):
+            step = step.double()
+            return step if self.cfg.unit == "step" else step / max(steps_per_epoch, 1)
         return float(step) if self.cfg.unit == "step" else step / max(steps_per_epoch, 1)
 
     def w_align_for(self, name: str, progress: float) -> float:
@@ -54,9 +60,3 @@ class Curriculum:
     def weights(self, progress: float) -> CurriculumWeights:
         w_align = {name: self.w_align_for(name, progress) for name in self.target_names}
         return CurriculumWeights(w_diff=self.cfg.w_diff(progress), w_align=w_align)
-
-    def key(self, progress: float) -> tuple[float, ...]:
-        """``(w_diff, w_align_1, ...)`` at ``progress``: every host number the objective takes from
-        the curriculum (a task's ``graph_key``, see :mod:`reed_core.cuda_graph`)."""
-        weights = self.weights(progress)
-        return (weights.w_diff, *(weights.w_align[name] for name in self.target_names))

@@ -41,6 +41,11 @@ def per_sample_mean(values: torch.Tensor, weights: torch.Tensor | None = None) -
     return (weights.to(values.dtype) * values).mean()
 
 
+def _weight(w: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A curriculum weight in ``like``'s dtype where it is a tensor (so it does not promote the loss)."""
+    return w.to(like.dtype) if isinstance(w, torch.Tensor) else w
+
+
 class ReedObjective:
     """``objective(gen_loss [B], align_terms, progress) -> ObjectiveOutput``."""
 
@@ -49,17 +54,21 @@ class ReedObjective:
         self.targets = dict(targets or {})
 
     def __call__(
-        self, gen_loss: torch.Tensor, align_terms: Mapping[str, AlignmentTerm] | None, progress: float
+        self,
+        gen_loss: torch.Tensor,
+        align_terms: Mapping[str, AlignmentTerm] | None,
+        progress: float | torch.Tensor,
     ) -> ObjectiveOutput:
-        w_diff = self.curriculum.cfg.w_diff(progress)
+        """Progress may be a 0-d tensor (the step on the device): the weights are then tensors."""
         l_gen = per_sample_mean(gen_loss.float())
+        w_diff = _weight(self.curriculum.cfg.w_diff(progress), l_gen)
         loss = w_diff * l_gen
         terms: dict[str, torch.Tensor | float] = {"loss_gen": l_gen.detach(), "w_diff": w_diff}
         for name, term in (align_terms or {}).items():
             if name not in self.targets:
                 raise KeyError(f"objective: alignment term {name!r} has no target spec")
             l_k = per_sample_mean(term.loss, term.alpha)
-            w_k = self.curriculum.w_align_for(name, progress)
+            w_k = _weight(self.curriculum.w_align_for(name, progress), l_k)
             loss = loss + w_k * self.targets[name].weight * l_k
             terms[f"align/{name}"] = l_k.detach()
             terms[f"cos/{name}"] = (1.0 - term.loss).mean().detach()

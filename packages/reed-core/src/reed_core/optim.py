@@ -44,6 +44,17 @@ def clip_coefficient(grads: Sequence[torch.Tensor], max_norm: float) -> tuple[to
     return total, torch.clamp(max_norm / (total + 1e-6), max=1.0)
 
 
+def ema_update_(ema_params: list[torch.Tensor], params: list[torch.Tensor], rate: torch.Tensor) -> None:
+    """``theta_ema += r (theta - theta_ema)`` in place, ``r`` a 0-d device tensor.
+
+    (``torch._foreach_lerp_`` takes its weight as a host number only: given a tensor it reads it
+    back, a host sync that would also break a CUDA-graph capture of the uncompiled update.)
+    """
+    delta = torch._foreach_sub(params, ema_params)
+    torch._foreach_mul_(delta, rate)
+    torch._foreach_add_(ema_params, delta)
+
+
 def adamw_ema_update_(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -83,7 +94,7 @@ def adamw_ema_update_(
     update = torch._foreach_div(exp_avgs, denom)
     torch._foreach_mul_(update, step_size)
     torch._foreach_sub_(params, update)
-    torch._foreach_lerp_(ema_params, params, ema_rate)
+    ema_update_(ema_params, params, ema_rate)
     if param_copies is not None:
         torch._foreach_copy_(param_copies, params)
 
@@ -178,9 +189,7 @@ class FusedUpdate:
         idle = [i for i, p in enumerate(self.params) if p.grad is None]
         weights = self.master_params if self.master_params is not None else self.params
         if idle:
-            torch._foreach_lerp_(
-                [self.ema_params[i] for i in idle], [weights[i] for i in idle], self._ema_rate
-            )
+            ema_update_([self.ema_params[i] for i in idle], [weights[i] for i in idle], self._ema_rate)
         if not chosen:
             return None
         params = [self.params[i] for i in chosen]

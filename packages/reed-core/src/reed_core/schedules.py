@@ -13,12 +13,18 @@ uses) to a weight. Every family is flat before ``start`` (value ``v_start``) and
 So ``linear_warmup(0, 50)`` is ``w_diff`` of the paper's image recipe (0 -> 1 over 50k steps) and
 ``cosine_decay(0, 200)`` the protein recipe's alignment decay (1 -> 0 over 200 epochs, then 0).
 ``piecewise`` interpolates linearly between ``(p, v)`` knots and holds the end values.
+
+Progress may also be a tensor (e.g. the step count on the GPU, inside a recorded CUDA graph,
+:mod:`reed_core.cuda_graph`): the same formulas then run as tensor ops, elementwise, in the
+tensor's dtype, and return a tensor.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import torch
 
 KINDS = ("constant", "linear", "cosine", "sigmoid", "piecewise")
 
@@ -47,7 +53,9 @@ class Schedule:
             if knots != sorted(knots):
                 raise ValueError(f"schedule (piecewise): knots must increase, got {knots}")
 
-    def __call__(self, progress: float) -> float:
+    def __call__(self, progress: float | torch.Tensor) -> float | torch.Tensor:
+        if isinstance(progress, torch.Tensor):
+            return self._on_tensor(progress)
         p = float(progress)
         if self.kind == "constant":
             return float(self.v_end)
@@ -59,6 +67,29 @@ class Schedule:
             return float(self.v_end)
         u = (p - self.start) / (self.end - self.start)
         return float(self.v_start + (self.v_end - self.v_start) * self._shape(u))
+
+    def _on_tensor(self, p: torch.Tensor) -> torch.Tensor:
+        """:meth:`__call__` for tensor progress: the same cases, as ``torch.where``."""
+        if self.kind == "constant":
+            return torch.full_like(p, self.v_end)
+        if self.kind == "piecewise":
+            (p0, v0), out = self.points[0], torch.full_like(p, self.points[-1][1])
+            for (pa, va), (pb, vb) in reversed(list(zip(self.points[:-1], self.points[1:]))):
+                ramp = va + (vb - va) * (p - pa) / (pb - pa) if pb != pa else torch.full_like(p, va)
+                out = torch.where(p <= pb, ramp, out)
+            return torch.where(p <= p0, torch.full_like(p, v0), out)
+        u = ((p - self.start) / max(self.end - self.start, 1e-30)).clamp(0.0, 1.0)
+        if self.kind == "linear":
+            shape = u
+        elif self.kind == "cosine":
+            shape = 0.5 * (1.0 - torch.cos(math.pi * u))
+        else:
+            k = self.sharpness
+            lo, hi = _sigmoid(-k / 2), _sigmoid(k / 2)
+            shape = (torch.sigmoid(k * (u - 0.5)) - lo) / (hi - lo)
+        ramp = self.v_start + (self.v_end - self.v_start) * shape
+        ramp = torch.where(p >= self.end, torch.full_like(p, self.v_end), ramp)
+        return torch.where(p <= self.start, torch.full_like(p, self.v_start), ramp)
 
     def _shape(self, u: float) -> float:
         if self.kind == "linear":
@@ -90,7 +121,7 @@ class Product:
 
     factors: tuple[Schedule | Product, ...]
 
-    def __call__(self, progress: float) -> float:
+    def __call__(self, progress: float | torch.Tensor) -> float | torch.Tensor:
         out = 1.0
         for f in self.factors:
             out *= f(progress)

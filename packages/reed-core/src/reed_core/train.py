@@ -12,8 +12,10 @@ periodic logging, evaluation and atomic checkpoints. A domain implements :class:
   once and combines the terms (:class:`reed_core.objective.ReedObjective`);
 * optionally ``evaluate(model, ema_model, step, run_dir) -> dict`` and ``state_dict`` /
   ``load_state_dict`` for task state outside the model;
-* optionally ``graph_key(step)``: a hashable of every host value ``loss`` derives from ``step``
-  (curriculum weights); ``train.cuda_graph`` replays a recorded step while it stays the same.
+* optionally ``graph_key(step)``, which opts in to ``train.cuda_graph``: ``loss`` is then given
+  ``step`` as a 0-d float64 tensor on the device (a curriculum evaluates on it,
+  :mod:`reed_core.schedules`), and ``graph_key`` returns a hashable of every host value ``loss``
+  still derives from ``step`` (``()`` when none); a recorded step is replayed while it is unchanged.
 
 Speed: bf16 autocast, fused AdamW on CUDA, a foreach EMA, optional ``torch.compile`` (which also
 fuses clipping, AdamW and the EMA into one pass, :mod:`reed_core.optim`), optional bf16
@@ -371,8 +373,10 @@ class Trainer:
                 problems.append(f"a task with graph_key(step) ({type(task).__name__} has none)")
             if problems:
                 raise ValueError("train.cuda_graph needs " + " and ".join(problems))
+            # the step count as the task's loss sees it inside the graph: on the device
+            self._step_on_device = torch.zeros((), dtype=torch.float64, device=self.device)
             self.graphed_step = GraphedStep(
-                self._device_step,
+                lambda batch, step: self._device_step(batch, self._step_on_device),
                 task.graph_key,
                 cfg.cuda_graph_warmup,
                 before_capture=lambda: self.optimizer.zero_grad(set_to_none=True),
@@ -462,6 +466,7 @@ class Trainer:
         if self.fused_update is not None:
             self.fused_update.set_rates(lr, ema_decay)
         if self.graphed_step is not None:
+            self._step_on_device.fill_(self.step)
             return self.graphed_step(batch, self.step)
         return self._device_step(batch, self.step)
 

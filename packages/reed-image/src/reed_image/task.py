@@ -157,9 +157,10 @@ class ImageTask:
         return out
 
     # -- objective -------------------------------------------------------------------------------
-    def graph_key(self, step: int) -> tuple[float, ...]:
-        """The host numbers ``loss`` takes from ``step``: the curriculum weights."""
-        return self.curriculum.key(self.curriculum.progress(step, self.steps_per_epoch))
+    def graph_key(self, step: int) -> tuple:
+        """None of ``loss``'s host values depend on ``step``: given the step as a tensor (under
+        ``train.cuda_graph``), the curriculum is evaluated on the device."""
+        return ()
 
     def loss(self, model: nn.Module, batch: ImageBatch, step: int) -> ObjectiveOutput:
         x0, y = batch.x, batch.y
