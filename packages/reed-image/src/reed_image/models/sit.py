@@ -25,6 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from reed_image.models.fused_adaln import add_norm_modulate
 from reed_image.models.fused_gelu import bias_gelu
+from reed_image.models.fused_mlp import mlp_gelu
 
 # name -> (depth, hidden_size, num_heads); patch size comes from the suffix (DiT/SiT table 1)
 SIZES = {
@@ -67,6 +68,13 @@ class SiTConfig:
     # Opt-in (-0.6 ms of kernel time on SiT-XL/2, H100). An fc1 swapped for another Linear class
     # (FP8) keeps the unfused path.
     fused_gelu: bool = False
+    # the whole MLP as one op each way: fc1's bias + tanh-GELU in its GEMM's cuBLASLt epilogue, and
+    # the GELU backward + fc1's bias gradient in the epilogue of the GEMM that forms it
+    # (models/fused_mlp.py) on CUDA; the same equations in PyTorch elsewhere. Opt-in (-0.15 ms of
+    # kernel time per SiT-XL/2 MLP forward + backward against the compiled MLP, H100; not yet
+    # measured in training); not with fused_gelu. An fc1/fc2 swapped for another Linear class
+    # (FP8) keeps the unfused path.
+    fused_mlp: bool = False
     depth: int | None = None
     hidden_size: int | None = None
     num_heads: int | None = None
@@ -84,6 +92,10 @@ class SiTConfig:
             )
         if hidden % heads:
             raise ValueError(f"model.hidden_size {hidden} is not divisible by num_heads {heads}")
+        if self.fused_gelu and self.fused_mlp:
+            raise ValueError(
+                "model.fused_gelu and model.fused_mlp are two fusions of the same MLP GELU; set one of them"
+            )
         if self.input_size % patch:
             raise ValueError(
                 f"model.input_size {self.input_size} is not divisible by the patch size {patch} "
@@ -189,21 +201,30 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """``fc2(gelu_tanh(fc1(x)))``; with ``fused_gelu`` fc1's bias add and the GELU are one kernel.
+    """``fc2(gelu_tanh(fc1(x)))``; with ``fused_gelu`` fc1's bias add and the GELU are one kernel,
+    with ``fused_mlp`` the GELU lives in the GEMMs' cuBLASLt epilogues (``models/fused_mlp.py``).
 
-    The fused path runs fc1 as ``F.linear(x, fc1.weight)`` and only while ``fc1`` is a plain
-    ``nn.Linear``: a converted layer (e.g. torchao's Float8Linear) has its own forward, so it keeps
-    the unfused path. Parameters (``fc1.weight``, ``fc1.bias``, ...) are the same either way.
+    The ``fused_gelu`` path runs fc1 as ``F.linear(x, fc1.weight)`` and only while ``fc1`` is a
+    plain ``nn.Linear``; the ``fused_mlp`` path only while ``fc1`` and ``fc2`` both are. A converted
+    layer (e.g. torchao's Float8Linear) has its own forward, so it keeps the unfused path.
+    Parameters (``fc1.weight``, ``fc1.bias``, ...) are the same either way.
     """
 
-    def __init__(self, dim: int, hidden: int, fused_gelu: bool = False):
+    def __init__(self, dim: int, hidden: int, fused_gelu: bool = False, fused_mlp: bool = False):
         super().__init__()
+        if fused_gelu and fused_mlp:
+            raise ValueError(
+                "Mlp: fused_gelu and fused_mlp exclude each other (model.fused_gelu, model.fused_mlp)"
+            )
         self.fused_gelu = fused_gelu
+        self.fused_mlp = fused_mlp
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_mlp and type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear:
+            return mlp_gelu(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         if self.fused_gelu and type(self.fc1) is nn.Linear:
             return self.fc2(bias_gelu(F.linear(x, self.fc1.weight), self.fc1.bias))
         return self.fc2(self.act(self.fc1(x)))
@@ -221,13 +242,14 @@ class SiTBlock(nn.Module):
         attention: str = "auto",
         fused_adaln: bool = False,
         fused_gelu: bool = False,
+        fused_mlp: bool = False,
     ):
         super().__init__()
         self.fused_adaln = fused_adaln
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm, backend=attention)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), fused_gelu=fused_gelu)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), fused_gelu=fused_gelu, fused_mlp=fused_mlp)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(
@@ -330,7 +352,14 @@ class SiT(nn.Module):
         self.blocks = nn.ModuleList(
             [
                 SiTBlock(
-                    hidden, heads, cfg.mlp_ratio, cfg.qk_norm, cfg.attention, cfg.fused_adaln, cfg.fused_gelu
+                    hidden,
+                    heads,
+                    cfg.mlp_ratio,
+                    cfg.qk_norm,
+                    cfg.attention,
+                    cfg.fused_adaln,
+                    cfg.fused_gelu,
+                    cfg.fused_mlp,
                 )
                 for _ in range(depth)
             ]
