@@ -129,6 +129,11 @@ def main() -> None:
         help="MLP bias add + GELU (and its bias gradient) as one Triton kernel each way (model.fused_gelu)",
     )
     p.add_argument(
+        "--fused-mlp",
+        action="store_true",
+        help="the MLP's bias + GELU and its backward in cuBLASLt GEMM epilogues (model.fused_mlp)",
+    )
+    p.add_argument(
         "--float8",
         default="off",
         choices=FLOAT8_RECIPES,
@@ -185,6 +190,7 @@ def main() -> None:
         attention=args.attention,
         fused_adaln=args.fused_adaln,
         fused_gelu=args.fused_gelu,
+        fused_mlp=args.fused_mlp,
     )
     if args.tiny:
         model = replace(model, depth=4, hidden_size=64, num_heads=4)
@@ -262,6 +268,7 @@ def main() -> None:
         "fused_update": trainer.fused_update is not None,
         "fused_adaln": args.fused_adaln,
         "fused_gelu": args.fused_gelu,
+        "fused_mlp": args.fused_mlp,
         "float8": args.float8,
         "float8_layers": len(trainer.float8_layers),
         "param_dtype": args.param_dtype,

@@ -36,9 +36,12 @@ def label(name: str, result: dict) -> str:
         parts.append("fused adaLN")
     if result.get("fused_gelu"):
         parts.append("fused GELU")
+    if result.get("fused_mlp"):
+        parts.append("cuBLASLt GELU")
     if result.get("float8", "off") != "off":
         parts.append(f"fp8 {result['float8']}")
-    if not (result.get("fused_adaln") or result.get("fused_gelu")) and result.get("float8", "off") == "off":
+    fused = any(result.get(k) for k in ("fused_adaln", "fused_gelu", "fused_mlp"))
+    if not fused and result.get("float8", "off") == "off":
         parts.append("bf16")
     if result.get("param_dtype", "float32") != "float32":
         parts.append(f"{result['param_dtype']} params")

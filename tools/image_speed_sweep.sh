@@ -20,6 +20,7 @@
 #   g2  g1 + CUDA graphs (compile mode reduce-overhead)
 #   g3  g2 + bf16 parameters with float32 masters in the fused update (train.param_dtype)
 #   s1  g1 + bf16 parameters + the whole step as one CUDA graph (train.cuda_graph)
+#   m1  s1 with the MLP's GELU in cuBLASLt GEMM epilogues (model.fused_mlp) in place of fused_gelu
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -84,6 +85,7 @@ for v in $VARIANTS; do
         g2) bench g2 --fused-update on --fused-adaln --fused-gelu --compile-mode reduce-overhead ;;
         g3) bench g3 --fused-update on --fused-adaln --fused-gelu --compile-mode reduce-overhead --param-dtype bfloat16 ;;
         s1) bench s1 --fused-update on --fused-adaln --fused-gelu --param-dtype bfloat16 --cuda-graph ;;
+        m1) bench m1 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph ;;
         *) echo "unknown variant $v" ;;
     esac
 done
