@@ -11,6 +11,8 @@ from reed_core.train import CheckpointError, EpochSampler, Trainer, load_checkpo
 
 
 def tiny(run_dir, steps, **train):
+    # CPU runs (fp32, deterministic) on any machine; GPU runs are in test_cuda_graph.py
+    train.setdefault("device", "cpu")
     cfg = Toy2DConfig(num_examples=512, width=32, depth=3, eval_samples=64, sample_steps=4)
     return replace(
         cfg,
