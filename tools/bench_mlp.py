@@ -11,7 +11,9 @@ Variants (all under bfloat16 autocast, as training runs them):
     fused_gelu          Mlp(fused_gelu=True) under torch.compile (Triton bias + GELU kernels)
     fused_mlp           Mlp(fused_mlp=True), eager (cuBLASLt GELU epilogues, models/fused_mlp.py)
     fused_mlp_compiled  the same under torch.compile (the op stays opaque)
-    fused_mlp_bgrad_*   fused_mlp (eager) with each way of forming fc1's bias gradient
+    fused_mlp_torch_gemms  fused_mlp (eager) with the other GEMMs by torch (fused_mlp.GEMMS = "torch":
+                        torch's cuBLAS picks, bias gradients by separate reductions)
+    fused_mlp_bgrad_*   fused_mlp_torch_gemms with each way of forming fc1's bias gradient
                         (cublaslt.BIAS_GRAD: the DGELU_BGRAD epilogue, or DGELU + sum / gemv)
     fused_mlp_heuristic fused_mlp (eager) with the heuristic's first algorithms, not autotuned
 
@@ -42,6 +44,7 @@ VARIANTS = (
     "fused_gelu",
     "fused_mlp",
     "fused_mlp_compiled",
+    "fused_mlp_torch_gemms",
     "fused_mlp_bgrad_epilogue",
     "fused_mlp_bgrad_sum",
     "fused_mlp_bgrad_gemv",
@@ -53,9 +56,11 @@ DEFAULTS: dict = {}  # the binding's settings as imported
 
 def configure(variant: str) -> None:
     """The binding's module settings for ``variant`` (defaults otherwise); plans made afresh."""
-    from reed_image.models import cublaslt
+    from reed_image.models import cublaslt, fused_mlp
 
     cublaslt._plans.clear()
+    torch_gemms = variant == "fused_mlp_torch_gemms" or "_bgrad_" in variant
+    fused_mlp.GEMMS = "torch" if torch_gemms else "cublaslt"
     cublaslt.BIAS_GRAD = variant.split("_bgrad_")[1] if "_bgrad_" in variant else DEFAULTS["BIAS_GRAD"]
     cublaslt.AUTOTUNE_CANDIDATES = 1 if variant.endswith("heuristic") else DEFAULTS["AUTOTUNE_CANDIDATES"]
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reed_image.models import cublaslt
+from reed_image.models import cublaslt, fused_mlp
 from reed_image.models.fused_mlp import (
     linear_gelu_aux_reference,
     matmul_dgelu_bgrad_reference,
@@ -406,10 +406,39 @@ def test_cuda_gelu_is_the_tanh_approximation():
 
 @pytest.mark.gpu
 @cuda_only
-@pytest.mark.parametrize("bias_grad", cublaslt.BIAS_GRAD_METHODS)
+@pytest.mark.parametrize("a_t", [False, True])
+@pytest.mark.parametrize("b_t", [False, True])
+@pytest.mark.parametrize("epilogue", ["none", "bias", "sum_a"])
+def test_cuda_matmul_matches_float64_for_each_layout_and_epilogue(a_t, b_t, epilogue):
+    M, K, N = 384, 1152, 520
+    a = torch.randn(K, M, device="cuda").t() if a_t else torch.randn(M, K, device="cuda")
+    b = torch.randn(N, K, device="cuda").t() if b_t else torch.randn(K, N, device="cuda")
+    a, b = a.bfloat16(), (b / math.sqrt(K)).bfloat16()
+    assert a.is_contiguous() != a_t and b.is_contiguous() != b_t  # transposed views, not copies
+    bias = torch.randn(N, device="cuda").bfloat16() if epilogue == "bias" else None
+    if epilogue == "sum_a" and not a_t:  # only the weight-gradient layout (a = dy.t()) is accepted
+        with pytest.raises(ValueError, match="sum_a needs a to be the transpose"):
+            cublaslt.matmul(a, b, sum_a=True)
+        return
+    d, a_sum = cublaslt.matmul(a, b, bias=bias, sum_a=epilogue == "sum_a")
+    exact = a.double() @ b.double() + (bias.double() if bias is not None else 0.0)
+    assert d.shape == (M, N) and d.dtype == torch.bfloat16
+    assert worst_error_ratio(d, exact, 2 * BF16_ULP, 1e-2) <= 1.0
+    if epilogue == "sum_a":
+        assert a_sum.shape == (M,) and worst_error_ratio(a_sum, a.double().sum(1), 2 * BF16_ULP, 1e-1) <= 1.0
+    else:
+        assert a_sum is None
+
+
+@pytest.mark.gpu
+@cuda_only
+@pytest.mark.parametrize(
+    "gemms, bias_grad", [("cublaslt", "gemv")] + [("torch", m) for m in cublaslt.BIAS_GRAD_METHODS]
+)
 @pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_cuda_op_under_autocast_matches_the_unfused_mlp(param_dtype, bias_grad, monkeypatch):
+def test_cuda_op_under_autocast_matches_the_unfused_mlp(param_dtype, gemms, bias_grad, monkeypatch):
     monkeypatch.setattr(cublaslt, "BIAS_GRAD", bias_grad)
+    monkeypatch.setattr(fused_mlp, "GEMMS", gemms)
     plain, fused = make_mlps(256, 1024, param_dtype, device="cuda")
     x, dy = torch.randn(4, 64, 256, device="cuda"), torch.randn(4, 64, 256, device="cuda")
     want = value_and_grads(plain, x, dy, autocast_dtype=torch.bfloat16)

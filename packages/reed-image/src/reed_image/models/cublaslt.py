@@ -57,6 +57,7 @@ __all__ = [
     "available",
     "library_version",
     "linear_gelu_aux",
+    "matmul",
     "matmul_dgelu_bgrad",
 ]
 
@@ -523,7 +524,9 @@ def matmul_dgelu_bgrad(
     ``dout [M, N2]``, ``weight [N2, N]``, ``pre [M, N]`` of one dtype (bfloat16/float16). ``dpre``
     ``[M, N]`` has that dtype; ``dbias [N]`` has ``dbias_dtype`` (default: the same dtype).
 
-    ``bias_grad`` (default ``BIAS_GRAD``): ``"epilogue"`` has cuBLASLt's DGELU_BGRAD epilogue sum
+    ``bias_grad`` (default ``BIAS_GRAD``): ``"none"`` returns ``dbias = None`` (the caller sums
+    ``dpre`` elsewhere, e.g. in the epilogue of the ``dW = dpre^T x`` GEMM, :func:`matmul`);
+    ``"epilogue"`` has cuBLASLt's DGELU_BGRAD epilogue sum
     ``dbias`` from the unrounded ``dpre`` (float32 ``dbias`` only where cuBLASLt has an algorithm
     for it: cuBLAS 13.1 has none); ``"sum"`` and ``"gemv"`` run the DGELU epilogue and sum the
     rounded ``dpre`` afterwards, by ``dpre.sum(0)`` or as ``dpre^T 1`` (a matrix-vector product),
@@ -534,9 +537,9 @@ def matmul_dgelu_bgrad(
     split-K cuBLAS kernel), hence the default.
     """
     bias_grad = bias_grad or BIAS_GRAD
-    if bias_grad not in BIAS_GRAD_METHODS:
+    if bias_grad not in (*BIAS_GRAD_METHODS, "none"):
         raise ValueError(
-            f"matmul_dgelu_bgrad: bias_grad must be one of {BIAS_GRAD_METHODS}, got {bias_grad!r}"
+            f"matmul_dgelu_bgrad: bias_grad must be one of {(*BIAS_GRAD_METHODS, 'none')}, got {bias_grad!r}"
         )
     if dout.dim() != 2 or weight.dim() != 2 or pre.dim() != 2:
         raise ValueError(
@@ -584,8 +587,80 @@ def matmul_dgelu_bgrad(
         aligned = (dout, weight, pre, dpre) + ((dbias,) if in_epilogue else ())
         plan = _plan(index, spec, _alignment(*aligned), lambda p: _run(p, index, *ptrs))
         _run(plan, index, *ptrs)
-        if bias_grad == "sum":
+        if bias_grad == "none":
+            dbias = None
+        elif bias_grad == "sum":
             dbias = dpre.sum(dim=0) if dbias_dtype == dtype else dpre.sum(dim=0, dtype=dbias_dtype)
         elif bias_grad == "gemv":
             dbias = torch.mv(dpre.t(), dpre.new_ones((M,))).to(dbias_dtype)
     return dpre, dbias
+
+
+def _operand(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if it is row-major or the transpose of a row-major tensor, else a contiguous copy;
+    copied (same layout) where its data pointer is not 16-byte aligned."""
+    if not (t.is_contiguous() or t.t().is_contiguous()):
+        t = t.contiguous()
+    if t.data_ptr() % _ALIGN_BYTES:
+        t = t.clone()
+    return t
+
+
+def matmul(
+    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, sum_a: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(d, a_sum)`` with ``d = a @ b (+ bias)`` and, with ``sum_a``, ``a_sum = a.sum(1)``.
+
+    ``a [M, K]``, ``b [K, N]`` of one dtype (bfloat16/float16), each row-major or the transpose
+    of a row-major tensor (``w.t()``, ``dy.t()``: no copy); leading dimensions multiples of 8.
+    ``bias [N]`` is added to every row (epilogue BIAS). ``sum_a`` has the epilogue sum ``a`` over
+    ``K`` (BGRADB): for a weight-gradient GEMM ``dW = dy^T x`` (``a = dy.t()``) that is the bias
+    gradient ``dy.sum(0)``, formed while ``dy`` is read for the GEMM. Only that layout of ``a`` is
+    accepted: with a row-major ``a`` the GPU test of this call failed (cuBLAS 13.1, H100; not
+    investigated). One autotuned cuBLASLt matmul, as the other primitives; ``d`` is ``[M, N]`` in
+    the inputs' dtype.
+
+    Column-major: ``d^T (N x M) = op(b^T) op(a^T)``: cuBLASLt's ``A`` is ``b`` (not transposed
+    when ``b`` is row-major), its ``B`` is ``a`` (likewise).
+    """
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul: expected a [M, K], b [K, N], got {tuple(a.shape)}, {tuple(b.shape)}")
+    if bias is not None and sum_a:
+        raise ValueError("matmul: one epilogue at a time (bias or sum_a)")
+    a_transposed = not a.is_contiguous() and a.t().is_contiguous()
+    if sum_a and not a_transposed:
+        # BGRADB with a row-major a failed its GPU test (cuBLAS 13.1, H100); dy.t() passes
+        raise ValueError("matmul: sum_a needs a to be the transpose of a row-major tensor (dy.t())")
+    (M, K), N = a.shape, b.shape[1]
+    b_transposed = not b.is_contiguous() and b.t().is_contiguous()
+    leading = {"N (ld of b and d)" if not b_transposed else "N (ld of d)": N}
+    if a_transposed:
+        leading["M (ld of a)"] = M
+    if not a_transposed or b_transposed:
+        leading["K (ld of a or b)"] = K
+    dtype = _check_inputs("matmul", {"a": a, "b": b}, leading)
+    if bias is not None and (bias.shape != (N,) or bias.dtype != dtype or bias.device != a.device):
+        raise ValueError(
+            f"matmul: bias must be [{N}] {dtype} on {a.device}, got {tuple(bias.shape)} {bias.dtype}"
+        )
+    d = a.new_empty((M, N))
+    a_sum = a.new_empty((M,)) if sum_a else None
+    if M == 0 or N == 0 or K == 0:
+        d.zero_()
+        if bias is not None:
+            d += bias
+        return d, a_sum.zero_() if sum_a else None
+    a, b = _operand(a), _operand(b)
+    bias = _prepared(bias) if bias is not None else None
+    trans_a = _CUBLAS_OP_N if b.is_contiguous() else _CUBLAS_OP_T
+    trans_b = _CUBLAS_OP_N if a.is_contiguous() else _CUBLAS_OP_T
+    epilogue = EPILOGUE_BIAS if bias is not None else EPILOGUE_BGRADB if sum_a else EPILOGUE_DEFAULT
+    vector = bias if bias is not None else a_sum
+    spec = _Spec(epilogue, trans_a, trans_b, N, M, K, dtype, dtype if vector is not None else None, False)
+    ptrs = (b.data_ptr(), a.data_ptr(), d.data_ptr(), vector.data_ptr() if vector is not None else None)
+    index = a.device.index
+    with torch.cuda.device(index):
+        aligned = (a, b, d) + ((vector,) if vector is not None else ())
+        plan = _plan(index, spec, _alignment(*aligned), lambda p: _run(p, index, *ptrs))
+        _run(plan, index, *ptrs)
+    return d, a_sum

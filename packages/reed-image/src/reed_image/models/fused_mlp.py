@@ -70,6 +70,10 @@ __all__ = [
     "mlp_gelu",
 ]
 
+# the backward's other GEMMs on the cuBLASLt path: "cublaslt" (autotuned, bias gradients in the
+# weight-gradient GEMMs' epilogues) or "torch" (torch.mm, bias gradients by separate reductions)
+GEMMS = "cublaslt"
+
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _KAPPA = 0.044715
 
@@ -148,9 +152,13 @@ def _mlp_gelu_fwd(
     with torch.autocast(x.device.type, enabled=False):  # the references' float32 stays float32
         if cublaslt_path_available(x, w1):
             act, pre = cublaslt.linear_gelu_aux(x, w1, b1)
+            if GEMMS == "cublaslt":
+                y, _ = cublaslt.matmul(act, w2.t(), bias=b2)
+            else:
+                y = torch.addmm(b2, act, w2.t())
         else:
             act, pre = linear_gelu_aux_reference(x, w1, b1)
-        y = torch.addmm(b2, act, w2.t())
+            y = torch.addmm(b2, act, w2.t())
     return y, pre, act
 
 
@@ -172,6 +180,14 @@ def _mlp_gelu_bwd(
     """``(dx, dw1, db1, dw2, db2)`` from ``dy [M, D]``; each in its input's dtype."""
     dy = dy.contiguous()
     with torch.autocast(dy.device.type, enabled=False):
+        if cublaslt_path_available(x, w1) and GEMMS == "cublaslt" and x.shape[0] % 8 == 0:
+            # (rows are the reduction of the weight-gradient GEMMs: a leading dimension there)
+            # every GEMM autotuned; the bias gradients summed in the weight-gradient GEMMs' epilogues
+            dw2, db2 = cublaslt.matmul(dy.t(), act, sum_a=True)
+            dpre, _ = cublaslt.matmul_dgelu_bgrad(dy, w2, pre, bias_grad="none")
+            dw1, db1 = cublaslt.matmul(dpre.t(), x, sum_a=True)
+            dx, _ = cublaslt.matmul(dpre, w1)
+            return dx, dw1, db1, dw2, db2
         dw2 = dy.t() @ act
         db2 = dy.sum(dim=0, dtype=torch.promote_types(dy.dtype, torch.float32)).to(dy.dtype)
         if cublaslt_path_available(x, w1):
