@@ -69,10 +69,10 @@ class SiTConfig:
     # (FP8) keeps the unfused path.
     fused_gelu: bool = False
     # the whole MLP as one op each way: fc1's bias + tanh-GELU in its GEMM's cuBLASLt epilogue, and
-    # the GELU backward + fc1's bias gradient in the epilogue of the GEMM that forms it
-    # (models/fused_mlp.py) on CUDA; the same equations in PyTorch elsewhere. Opt-in (-0.15 ms of
-    # kernel time per SiT-XL/2 MLP forward + backward against the compiled MLP, H100; not yet
-    # measured in training); not with fused_gelu. An fc1/fc2 swapped for another Linear class
+    # the GELU backward in the epilogue of the GEMM that forms its input gradient; all six GEMMs
+    # autotuned (models/fused_mlp.py) on CUDA; the same equations in PyTorch elsewhere. Opt-in
+    # (-2.0 ms a SiT-XL/2 training step against fused_gelu, H100, docs/results/image.md);
+    # not with fused_gelu. An fc1/fc2 swapped for another Linear class
     # (FP8) keeps the unfused path.
     fused_mlp: bool = False
     depth: int | None = None
