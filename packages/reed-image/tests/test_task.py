@@ -90,6 +90,24 @@ def test_reed_trains_and_vanilla_is_the_same_code_with_targets_off(make_cfg):
     )
 
 
+def test_loss_given_the_step_on_the_device_matches_the_host_step(make_cfg):
+    # train.cuda_graph hands loss() the step as a tensor; the curriculum (diffusion warm-up here)
+    # must give the same weights, so the recorded step trains as the eager one
+    task = ImageTask(make_cfg("tensor-step"))
+    assert task.graph_key(0) == task.graph_key(10**6) == ()
+    batch = task.batch(0, 0, 1, torch.device("cpu"))
+    for step in (0, 1, 3, 10**6):
+        torch.manual_seed(0)
+        host = task.loss(task.model, batch, step)
+        torch.manual_seed(0)
+        device = task.loss(task.model, batch, torch.tensor(float(step), dtype=torch.float64))
+        assert device.loss.dtype == host.loss.dtype
+        torch.testing.assert_close(device.loss, host.loss, rtol=1e-6, atol=1e-7)
+        for name in ("w_diff", "w_align/vision", "w_align/caption"):
+            assert float(device.terms[name]) == pytest.approx(host.terms[name], abs=1e-7), name
+    assert host.terms["w_diff"] == 1.0 and task.loss(task.model, batch, 0).terms["w_diff"] < 1.0
+
+
 def test_checkpoint_samples_identically_after_reload(make_cfg):
     cfg = make_cfg("ckpt")
     task, _, _ = _fit(cfg)
