@@ -192,11 +192,12 @@ def test_fused_adaln_blocks_compute_the_same_velocity_and_gradients():
 
 
 @pytest.mark.parametrize("fused_adaln", [False, True])
-def test_fused_gelu_mlps_compute_the_same_velocity_and_gradients(fused_adaln):
-    """The fused MLP wiring (reference path on the CPU; the Triton kernels are tested in
-    test_fused_gelu.py) against the unfused MLP."""
-    plain, fused = plain_and_fused_sits(fused_gelu=True, fused_adaln=fused_adaln)
-    assert all(block.mlp.fused_gelu for block in fused.blocks)
+@pytest.mark.parametrize("mlp_fusion", ["fused_gelu", "fused_mlp"])
+def test_fused_mlps_compute_the_same_velocity_and_gradients(mlp_fusion, fused_adaln):
+    """The fused MLP wiring (reference paths on the CPU; the kernels are tested in
+    test_fused_gelu.py and test_fused_mlp.py) against the unfused MLP."""
+    plain, fused = plain_and_fused_sits(**{mlp_fusion: True}, fused_adaln=fused_adaln)
+    assert all(getattr(block.mlp, mlp_fusion) for block in fused.blocks)
     x, tau, y = torch.randn(3, 1, 16, 16).double(), torch.rand(3).double(), torch.tensor([0, 4, 10])
     v_plain, v_fused = plain(x, tau, y), fused(x, tau, y)
     assert v_plain.abs().mean() > 1e-3
