@@ -14,8 +14,6 @@ from reed_core.cuda_graph import copy_into
 from reed_core.examples.toy2d import Toy2DConfig, ToyTask
 from reed_core.train import TrainConfig, Trainer, read_metrics
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-
 
 @dataclass
 class Batch:
@@ -117,7 +115,7 @@ def assert_same_run(a, b, rtol=1e-5, atol=1e-6):
         torch.testing.assert_close(pb, pa, rtol=rtol, atol=atol)
 
 
-@cuda_only
+@pytest.mark.gpu
 @pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
 def test_recorded_steps_train_as_eager_steps(tmp_path, param_dtype):
     eager = run(toy(tmp_path / "eager", 9, "cuda", param_dtype=param_dtype))
@@ -144,7 +142,7 @@ def test_the_loss_given_the_step_as_a_tensor_matches_the_host_step(tmp_path):
         assert float(device.terms["w_diff"]) == pytest.approx(host.terms["w_diff"], abs=1e-7)
 
 
-@cuda_only
+@pytest.mark.gpu
 def test_a_ramping_curriculum_is_replayed_from_one_graph(tmp_path):
     # w_diff ramps over steps 0..4: computed on the device, the graph needs no second capture
     eager = run(toy(tmp_path / "eager", 10, "cuda", diffusion_warmup=4))
@@ -164,7 +162,7 @@ class KeyedToyTask(ToyTask):
         return step >= 5
 
 
-@cuda_only
+@pytest.mark.gpu
 def test_a_changed_graph_key_records_the_step_again(tmp_path):
     cfg = toy(tmp_path / "keyed", 10, "cuda", cuda_graph=True, cuda_graph_warmup=2)
     trainer = Trainer(cfg.train, KeyedToyTask(cfg), experiment_config=cfg)
@@ -176,7 +174,7 @@ def test_a_changed_graph_key_records_the_step_again(tmp_path):
     assert_same_run(eager, (trainer, [m for m in read_metrics(cfg.train.run_dir) if "loss" in m]))
 
 
-@cuda_only
+@pytest.mark.gpu
 def test_recorded_steps_resume_exactly(tmp_path):
     straight = run(toy(tmp_path / "a", 8, "cuda", cuda_graph=True, cuda_graph_warmup=1))
     run(toy(tmp_path / "b", 3, "cuda", cuda_graph=True, cuda_graph_warmup=1))  # checkpoints at step 3

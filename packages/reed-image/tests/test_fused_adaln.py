@@ -246,11 +246,8 @@ def test_triton_interpreter_opcheck(interpreter):
 
 # ---------------------------------------------------------------- Triton kernels, CUDA
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
 
 @pytest.mark.gpu
-@cuda_only
 @pytest.mark.parametrize("case", GPU_CASES, ids=case_id)
 def test_triton_cuda_matches_float64_oracle(case):
     ratios = kernel_error_ratios(*case, device="cuda")
@@ -258,14 +255,12 @@ def test_triton_cuda_matches_float64_oracle(case):
 
 
 @pytest.mark.gpu
-@cuda_only
 def test_triton_cuda_opcheck():
     results = opcheck_results(device="cuda")
     assert all(outcome == "SUCCESS" for outcome in results.values()), results
 
 
 @pytest.mark.gpu
-@cuda_only
 def test_torch_compile_keeps_the_fused_kernels():
     from torch._inductor.utils import run_and_get_code
 

@@ -190,11 +190,8 @@ def test_triton_interpreter_opcheck(interpreter):
 
 # ---------------------------------------------------------------- Triton kernels, CUDA
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
 
 @pytest.mark.gpu
-@cuda_only
 @pytest.mark.parametrize("shape", GPU_CASES, ids=case_id)
 def test_triton_cuda_matches_float64_oracle(shape):
     ratios = kernel_error_ratios(shape, device="cuda")
@@ -202,7 +199,6 @@ def test_triton_cuda_matches_float64_oracle(shape):
 
 
 @pytest.mark.gpu
-@cuda_only
 def test_triton_cuda_opcheck_and_autocast():
     results = opcheck_results(device="cuda")
     assert all(outcome == "SUCCESS" for outcome in results.values()), results
@@ -210,7 +206,6 @@ def test_triton_cuda_opcheck_and_autocast():
 
 
 @pytest.mark.gpu
-@cuda_only
 def test_torch_compile_keeps_the_fused_kernels():
     from torch._inductor.utils import run_and_get_code
 
@@ -226,7 +221,6 @@ def test_torch_compile_keeps_the_fused_kernels():
 
 
 @pytest.mark.gpu
-@cuda_only
 def test_compiled_fused_mlp_matches_the_unfused_mlp():
     from reed_image.models.sit import Mlp
 
