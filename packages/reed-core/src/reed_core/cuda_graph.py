@@ -9,8 +9,9 @@ replays the graph: one launch per step.
 What a replay cannot see, and how this module keeps it correct:
 
 * **Host values.** Python numbers computed from the step count would be frozen into the graph
-  when it is recorded. So the Trainer hands the task's loss the step as a device tensor, written
-  before each replay, and the curriculum weights are computed from it on the device
+  when it is recorded. So ``step_fn`` is given the step as a device tensor, written before each
+  step (and the Trainer hands it to the task's loss): the curriculum weights are computed from it
+  on the device
   (:mod:`reed_core.schedules` takes tensors). Learning rate and EMA decay are device scalars too
   (:meth:`reed_core.optim.FusedUpdate.set_rates`). Host values a task still derives from the
   step are named by its ``graph_key(step)``: the graph is replayed only while the key is
@@ -78,8 +79,9 @@ def copy_into(static: Any, new: Any, where: str = "batch") -> None:
 class GraphedStep:
     """``step(batch, step_count)``: ``step_fn`` eagerly, or a replay of its captured graph.
 
-    ``step_fn(batch, step_count)`` is the device work of one training step (it must read no host
-    state that changes between steps other than through ``key_fn``); ``key_fn(step_count)`` is a
+    ``step_fn(batch, step_tensor)`` is the device work of one training step, given the step count
+    as a 0-d float64 tensor on the GPU (it must read no host state that changes between steps
+    other than through ``key_fn``); ``key_fn(step_count)`` is a
     hashable of every host value it derives from the step count; ``warmup`` eager steps precede
     each capture (compilation, lazy state); ``before_capture()`` runs just before recording
     (e.g. set gradients to ``None`` so that the backward allocates them in the graph's memory).
@@ -87,7 +89,7 @@ class GraphedStep:
 
     def __init__(
         self,
-        step_fn: Callable[[Any, int], Any],
+        step_fn: Callable[[Any, torch.Tensor], Any],
         key_fn: Callable[[int], Hashable],
         warmup: int = 3,
         before_capture: Callable[[], None] | None = None,
@@ -97,6 +99,7 @@ class GraphedStep:
         self.step_fn, self.key_fn, self.warmup = step_fn, key_fn, warmup
         self.before_capture = before_capture
         self.stream = torch.cuda.Stream()
+        self.step_tensor = torch.zeros((), dtype=torch.float64, device=torch.cuda.current_device())
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key: Hashable = None
         self.static_batch: Any = None
@@ -114,6 +117,7 @@ class GraphedStep:
         self._eager_steps = 0
 
     def __call__(self, batch: Any, step: int) -> Any:
+        self.step_tensor.fill_(step)
         key = self.key_fn(step)
         if self.graph is not None and key == self.key:
             copy_into(self.static_batch, batch)
@@ -126,23 +130,23 @@ class GraphedStep:
             self._pending_key, self._eager_steps = key, 0
         if self._eager_steps < self.warmup:
             self._eager_steps += 1
-            return self._eager(batch, step)
-        return self._capture(batch, step, key)
+            return self._eager(batch)
+        return self._capture(batch, key)
 
-    def _eager(self, batch: Any, step: int) -> Any:
+    def _eager(self, batch: Any) -> Any:
         torch.cuda.synchronize()  # the batch was made on the current stream
         with torch.cuda.stream(self.stream):
-            out = self.step_fn(batch, step)
+            out = self.step_fn(batch, self.step_tensor)
         torch.cuda.synchronize()  # outputs are read, and inputs freed, on the current stream
         return out
 
-    def _capture(self, batch: Any, step: int, key: Hashable) -> Any:
+    def _capture(self, batch: Any, key: Hashable) -> Any:
         if self.before_capture is not None:
             self.before_capture()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-            out = self.step_fn(batch, step)
+            out = self.step_fn(batch, self.step_tensor)
         graph.replay()  # recording ran nothing: this is the step
         self.graph, self.key, self.static_batch, self.static_out = graph, key, batch, out
         self.captures += 1

@@ -49,10 +49,8 @@ class Curriculum:
     def progress(self, step: int | torch.Tensor, steps_per_epoch: int) -> float | torch.Tensor:
         """Progress ``p`` of ``step`` in the curriculum's unit (a tensor for a tensor ``step``:
         then every weight below is a tensor too, computed on the step's device)."""
-        if isinstance(step, torch.Tensor):
-            step = step.double()
-            return step if self.cfg.unit == "step" else step / max(steps_per_epoch, 1)
-        return float(step) if self.cfg.unit == "step" else step / max(steps_per_epoch, 1)
+        step = step.double() if isinstance(step, torch.Tensor) else float(step)
+        return step if self.cfg.unit == "step" else step / max(steps_per_epoch, 1)
 
     def w_align_for(self, name: str, progress: float) -> float:
         return self.cfg.per_target.get(name, self.cfg.w_align)(progress)

@@ -79,27 +79,20 @@ class Schedule:
                 out = torch.where(p <= pb, ramp, out)
             return torch.where(p <= p0, torch.full_like(p, v0), out)
         u = ((p - self.start) / max(self.end - self.start, 1e-30)).clamp(0.0, 1.0)
-        if self.kind == "linear":
-            shape = u
-        elif self.kind == "cosine":
-            shape = 0.5 * (1.0 - torch.cos(math.pi * u))
-        else:
-            k = self.sharpness
-            lo, hi = _sigmoid(-k / 2), _sigmoid(k / 2)
-            shape = (torch.sigmoid(k * (u - 0.5)) - lo) / (hi - lo)
-        ramp = self.v_start + (self.v_end - self.v_start) * shape
+        ramp = self.v_start + (self.v_end - self.v_start) * self._shape(u)
         ramp = torch.where(p >= self.end, torch.full_like(p, self.v_end), ramp)
         return torch.where(p <= self.start, torch.full_like(p, self.v_start), ramp)
 
-    def _shape(self, u: float) -> float:
+    def _shape(self, u: float | torch.Tensor) -> float | torch.Tensor:
+        on_tensor = isinstance(u, torch.Tensor)
         if self.kind == "linear":
             return u
         if self.kind == "cosine":
-            return 0.5 * (1.0 - math.cos(math.pi * u))
+            return 0.5 * (1.0 - (torch.cos if on_tensor else math.cos)(math.pi * u))
         # sigmoid, rescaled to pass through (0, 0) and (1, 1)
         k = self.sharpness
         lo, hi = _sigmoid(-k / 2), _sigmoid(k / 2)
-        return (_sigmoid(k * (u - 0.5)) - lo) / (hi - lo)
+        return ((torch.sigmoid if on_tensor else _sigmoid)(k * (u - 0.5)) - lo) / (hi - lo)
 
 
 def _sigmoid(x: float) -> float:

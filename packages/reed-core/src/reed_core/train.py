@@ -375,10 +375,8 @@ class Trainer:
                 problems.append(f"a task with graph_key(step) ({type(task).__name__} has none)")
             if problems:
                 raise ValueError("train.cuda_graph needs " + " and ".join(problems))
-            # the step count as the task's loss sees it inside the graph: on the device
-            self._step_on_device = torch.zeros((), dtype=torch.float64, device=self.device)
-            self.graphed_step = GraphedStep(
-                lambda batch, step: self._device_step(batch, self._step_on_device),
+            self.graphed_step = GraphedStep(  # it hands the loss the step as a device tensor
+                self._device_step,
                 task.graph_key,
                 cfg.cuda_graph_warmup,
                 before_capture=lambda: self.optimizer.zero_grad(set_to_none=True),
@@ -468,13 +466,13 @@ class Trainer:
         if self.fused_update is not None:
             self.fused_update.set_rates(lr, ema_decay)
         if self.graphed_step is not None:
-            self._step_on_device.fill_(self.step)
             return self.graphed_step(batch, self.step)
         return self._device_step(batch, self.step)
 
-    def _device_step(self, batch: Any, step: int) -> ObjectiveOutput:
+    def _device_step(self, batch: Any, step: int | torch.Tensor) -> ObjectiveOutput:
         """The device work of one step; with the fused update it reads no host state but
-        ``step`` (through the task) and can be recorded as a CUDA graph."""
+        ``step`` (through the task; a device tensor under ``train.cuda_graph``) and can be
+        recorded as a CUDA graph."""
         with torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.float32,
