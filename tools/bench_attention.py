@@ -4,8 +4,14 @@
     python tools/bench_attention.py --heads 6 --dim 384   # SiT-S
 
 Inputs are laid out as SiT's ``Attention`` makes them (views of one QKV projection), so the
-numbers include whatever copies a kernel needs. Prints ms and TFLOP/s (4 N^2 d per head forward,
-2.5x that backward) per backend; pick one with ``model.attention=<backend>``.
+numbers include whatever copies a kernel needs: for the SDPA kernels, autograd's stacking of the
+q/k/v gradients into the QKV projection's gradient; ``fa4`` (FlashAttention-4 on the packed
+``qkv``, ``models/flash_attention.py``; needs the ``flash-attn-4`` package) writes that gradient
+directly. Prints, per backend, ms and TFLOP/s (4 N^2 d per head forward, 2.5x that backward) of
+one forward + backward (recorded once as a CUDA graph and replayed ``--reps`` times between two
+CUDA events: GPU time alone, as a graphed training step pays it; median of 5 such groups), and
+the max abs difference of the output and of the QKV gradient from a float32 reference; pick one
+with ``model.attention=<backend>``.
 """
 
 from __future__ import annotations
@@ -17,37 +23,75 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from reed_image.models.flash_attention import attention_reference, packed_attention
+
 BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "flash": SDPBackend.FLASH_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
+    "fa4": None,
 }
 
 
-def time_backend(backend: SDPBackend, qkv: torch.Tensor, heads: int, reps: int) -> float:
-    """Median ms of forward + backward."""
+def attend(backend: str, qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """SiT's attention of ``qkv [B, N, 3 D]`` -> ``[B, N, H, d]`` through ``backend``."""
     B, N, _ = qkv.shape
-    head_dim = qkv.shape[-1] // (3 * heads)
+    packed = qkv.view(B, N, 3, heads, -1)
+    if backend == "fa4":
+        return packed_attention(packed)
+    q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)
+    with sdpa_kernel(BACKENDS[backend]):
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+
+
+def time_backend(backend: str, qkv: torch.Tensor, heads: int, reps: int) -> float:
+    """Median over 5 groups of ``reps`` replays of one forward + backward recorded as a CUDA graph:
+    GPU time alone (what a graphed training step pays), in ms per forward + backward."""
+    grad = torch.randn(
+        *qkv.shape[:2], heads, qkv.shape[-1] // (3 * heads), device=qkv.device, dtype=qkv.dtype
+    )
 
     def run() -> None:
-        q, k, v = qkv.reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        with sdpa_kernel(backend):
-            out = F.scaled_dot_product_attention(q, k, v)
-        out.backward(grad)
+        qkv.grad = None
+        attend(backend, qkv, heads).backward(grad)
 
-    grad = torch.randn(B, heads, N, head_dim, device=qkv.device, dtype=qkv.dtype)
-    for _ in range(3):
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
         run()
     times = []
-    for _ in range(reps):
+    for _ in range(5):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        run()
+        for _ in range(reps):
+            graph.replay()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / reps)
     return sorted(times)[len(times) // 2]
+
+
+def errors(backend: str, qkv: torch.Tensor, heads: int) -> dict:
+    """Max abs difference of the output and of the QKV gradient from a float32 reference."""
+    B, N, _ = qkv.shape
+    grad = torch.randn(B, N, heads, qkv.shape[-1] // (3 * heads), device=qkv.device, dtype=qkv.dtype)
+    qkv.grad = None
+    out = attend(backend, qkv, heads)
+    out.backward(grad)
+    reference_qkv = qkv.detach().float().requires_grad_(True)
+    reference = attention_reference(reference_qkv.view(B, N, 3, heads, -1))[0]
+    reference.backward(grad.float())
+    return {
+        "out_max_abs_err": (out.float() - reference).abs().max().item(),
+        "dqkv_max_abs_err": (qkv.grad.float() - reference_qkv.grad).abs().max().item(),
+        "dqkv_max_abs": reference_qkv.grad.abs().max().item(),
+    }
 
 
 def main() -> None:
@@ -57,19 +101,21 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dim", type=int, default=1152)
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated from {list(BACKENDS)}")
     args = p.parse_args()
     qkv = torch.randn(
         args.batch, args.tokens, 3 * args.dim, device="cuda", dtype=torch.bfloat16, requires_grad=True
     )
     flops = 3.5 * 4 * args.batch * args.tokens**2 * args.dim  # fwd + bwd (2.5x fwd)
     results = {}
-    for name, backend in BACKENDS.items():
+    for name in args.backends.split(","):
         try:
-            ms = time_backend(backend, qkv, args.heads, args.reps)
-        except RuntimeError as err:
+            ms = time_backend(name, qkv, args.heads, args.reps)
+            accuracy = errors(name, qkv, args.heads)
+        except (RuntimeError, ImportError) as err:
             results[name] = {"error": str(err).splitlines()[0][:120]}
             continue
-        results[name] = {"fwd_bwd_ms": round(ms, 3), "TFLOP_per_s": round(flops / ms / 1e9, 1)}
+        results[name] = {"fwd_bwd_ms": round(ms, 3), "TFLOP_per_s": round(flops / ms / 1e9, 1), **accuracy}
     print(json.dumps({"shape": vars(args), "device": torch.cuda.get_device_name(), **results}, indent=1))
 
 

@@ -33,7 +33,7 @@ from reed_core.features import FeatureStoreWriter
 from reed_core.float8 import FLOAT8_RECIPES
 from reed_core.train import FUSED_UPDATE, PARAM_DTYPES, Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
-from reed_image.models.sit import ATTENTION_BACKENDS, SiTConfig
+from reed_image.models.sit import ATTENTION_CHOICES, SiTConfig
 
 
 def block_matmul_flops(depth: int, hidden: int, tokens: int, mlp_ratio: float = 4.0) -> float:
@@ -114,9 +114,7 @@ def main() -> None:
         metavar="PATTERN",
         help="compile only these submodules (train.compile_regions), e.g. 'denoiser.blocks.*' 'aligner'",
     )
-    p.add_argument(
-        "--attention", default="auto", choices=list(ATTENTION_BACKENDS), help="preferred SDPA kernel"
-    )
+    p.add_argument("--attention", default="auto", choices=list(ATTENTION_CHOICES), help="SDPA kernel, or fa4")
     p.add_argument("--fused-update", default="auto", choices=FUSED_UPDATE, help="clip+AdamW+EMA in one pass")
     p.add_argument(
         "--fused-adaln",

@@ -21,6 +21,7 @@
 #   g3  g2 + bf16 parameters with float32 masters in the fused update (train.param_dtype)
 #   s1  g1 + bf16 parameters + the whole step as one CUDA graph (train.cuda_graph)
 #   m1  s1 with the MLP's GELU in cuBLASLt GEMM epilogues (model.fused_mlp) in place of fused_gelu
+#   p1  m1 + FlashAttention-4 on the packed qkv (model.attention=fa4; needs flash-attn-4)
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -86,6 +87,7 @@ for v in $VARIANTS; do
         g3) bench g3 --fused-update on --fused-adaln --fused-gelu --compile-mode reduce-overhead --param-dtype bfloat16 ;;
         s1) bench s1 --fused-update on --fused-adaln --fused-gelu --param-dtype bfloat16 --cuda-graph ;;
         m1) bench m1 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph ;;
+        p1) bench p1 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 ;;
         *) echo "unknown variant $v" ;;
     esac
 done

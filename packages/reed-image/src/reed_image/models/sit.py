@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from reed_image.models.flash_attention import packed_attention
 from reed_image.models.fused_adaln import add_norm_modulate
 from reed_image.models.fused_gelu import bias_gelu
 from reed_image.models.fused_mlp import mlp_gelu
@@ -43,6 +44,9 @@ ATTENTION_BACKENDS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
+# model.attention: an SDPA kernel above, or "fa4": FlashAttention-4 on the packed qkv, its backward
+# writing the qkv gradient in place of autograd's stack (models/flash_attention.py; Hopper GPUs)
+ATTENTION_CHOICES = (*ATTENTION_BACKENDS, "fa4")
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class SiTConfig:
     num_classes: int = 1000
     mlp_ratio: float = 4.0
     qk_norm: bool = False
-    attention: str = "auto"  # preferred SDPA kernel: auto | flash | cudnn | efficient | math
+    attention: str = "auto"  # preferred SDPA kernel: auto | flash | cudnn | efficient | math; or fa4
     # each residual add + the LayerNorm + modulate after it as one Triton kernel each way, the blocks
     # chained (models/fused_adaln.py) on CUDA; the same equations in PyTorch elsewhere. Opt-in:
     # -7 ms of GPU kernel time a SiT-XL/2 step with fused_gelu (H100; docs/results/image.md).
@@ -86,9 +90,9 @@ class SiTConfig:
         depth = self.depth or depth
         hidden = self.hidden_size or hidden
         heads = self.num_heads or heads
-        if self.attention not in ATTENTION_BACKENDS:
+        if self.attention not in ATTENTION_CHOICES:
             raise ValueError(
-                f"model.attention: unknown {self.attention!r}; choose one of {list(ATTENTION_BACKENDS)}"
+                f"model.attention: unknown {self.attention!r}; choose one of {list(ATTENTION_CHOICES)}"
             )
         if hidden % heads:
             raise ValueError(f"model.hidden_size {hidden} is not divisible by num_heads {heads}")
@@ -166,15 +170,18 @@ class LabelEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``, or ``packed_attention``.
 
     ``backend`` (a key of ``ATTENTION_BACKENDS``) is tried first, the others after it where it
-    cannot run the inputs; ``"auto"`` leaves the order to PyTorch.
+    cannot run the inputs; ``"auto"`` leaves the order to PyTorch. ``"fa4"`` runs
+    ``models/flash_attention.packed_attention`` on the qkv projection's output viewed as
+    ``[B, N, 3, H, d]`` (with qk-norm, on the normalised q and k stacked back with v).
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, backend: str = "auto"):
         super().__init__()
-        preferred = ATTENTION_BACKENDS[backend]
+        self.packed = backend == "fa4"
+        preferred = ATTENTION_BACKENDS.get(backend)
         self.backends = (
             None
             if preferred is None
@@ -183,12 +190,19 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3)
+        self.qk_norm = qk_norm
         self.q_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
+        if self.packed:
+            qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
+            if self.qk_norm:
+                q, k, v = qkv.unbind(2)
+                qkv = torch.stack((self.q_norm(q), self.k_norm(k), v), dim=2)
+            return self.proj(packed_attention(qkv).reshape(B, N, C))
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, nh, N, hs)
         q, k = self.q_norm(q), self.k_norm(k)

@@ -1,0 +1,223 @@
+"""Self-attention on a packed ``qkv`` tensor, each way one op: FlashAttention-4 kernels on Hopper.
+
+For ``qkv [B, N, 3, H, d]`` (the qkv Linear's output viewed per head; ``q = qkv[:, :, 0]`` etc.)
+and ``s = 1 / sqrt(d)``, per batch element and head:
+
+Forward (``packed_attention``; ``reed_image::packed_attention_fwd``):
+
+    S = s q k^T,   lse = logsumexp over keys of S,   P = exp(S - lse),   o = P v
+
+Backward from ``do`` (``reed_image::packed_attention_bwd``; saved: ``qkv``, ``o``, ``lse``):
+
+    dv = P^T do,   dP = do v^T,   D = rowsum(do * o),   dS = P * (dP - D),
+    dq = s dS k,   dk = s dS^T q
+
+and ``dq``, ``dk``, ``dv`` are written into one ``dqkv [B, N, 3, H, d]`` buffer: the gradient the
+qkv Linear's backward reads as it is. Through ``F.scaled_dot_product_attention`` the three come
+back as separate tensors and autograd stacks them into that layout in one more pass over
+``3 B N H d`` elements (SiT-XL/2, batch 64: 113 MB read and written per block, 2.1 ms of a step).
+
+On CUDA with a compute capability of 9.x or above and bfloat16/float16 inputs the two ops call
+the FlashAttention-4 kernels (``flash_attn.cute``, PyPI ``flash-attn-4``, CuTe DSL: compiled on
+first use for each shape). They run at the head dimension rounded up to 16 (SiT's 72 -> 80),
+where cuDNN's kernels run 72 in a 128-wide tile. Its backward accepts caller-made ``dq``/``dk``/
+``dv``, which is what lets it write the packed gradient: the two private entry points
+``_flash_attn_fwd``/``_flash_attn_bwd`` are used for that (hence the exact version pin of the
+``fa4`` extra). Anywhere else (CPU, float32, older GPUs) the same ops run
+``attention_reference``/``attention_backward_reference`` (the equations above in float32), so
+the packed path is the same code with and without a Hopper GPU. Both ops are
+``torch.library.custom_op``s tied with ``register_autograd``: ``torch.compile(fullgraph=True)``
+keeps each as one opaque call, and CUDA-graph capture records the kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import math
+
+import torch
+from torch.library import custom_op, register_autograd, register_fake
+
+__all__ = [
+    "attention_backward_reference",
+    "attention_reference",
+    "flash_attention_available",
+    "packed_attention",
+]
+
+INSTALL_HINT = "pip install 'reed-image[fa4]' (PyPI flash-attn-4)"
+
+
+# the release the private entry points and the fix below are written against (extra ``fa4``)
+FLASH_ATTN_VERSION = "4.0.0b36"
+
+
+@functools.cache
+def _flash_interface():
+    """``flash_attn.cute.interface`` (with ``_fix_sm90_dq_accum_stride``), or None where it cannot
+    be imported; a version other than ``FLASH_ATTN_VERSION`` is refused with a clear error."""
+    try:
+        from flash_attn.cute import interface
+    except ImportError:
+        return None
+    installed = importlib.metadata.version("flash-attn-4")
+    if installed != FLASH_ATTN_VERSION:
+        raise ImportError(
+            f"model.attention='fa4' is written against flash-attn-4=={FLASH_ATTN_VERSION} (it calls "
+            f"private entry points); found {installed}: {INSTALL_HINT}"
+        )
+    _fix_sm90_dq_accum_stride(interface)
+    return interface
+
+
+def _fix_sm90_dq_accum_stride(interface) -> None:
+    """Make the dq postprocess read the float32 dq accumulator with the Hopper kernel's row stride.
+
+    In flash-attn-4 4.0.0b36 the SM90 backward kernel lays ``dq_accum`` out in rows of the head
+    dimension rounded up to 16 (``FlashAttentionBackwardSm90.tile_hdim``), while
+    ``_flash_attn_bwd`` hands its postprocess (float32 -> bf16 and the softmax scale) a rounding to
+    32. For head dimensions that are multiples of 32 the two agree; for SiT's 72 (80 vs 96) every
+    ``dq`` came out wrong (max error 2.3 on O(1) gradients, H100; ``dk``/``dv`` were right, as
+    they skip that buffer). The postprocess is told 16, the kernel's value; the buffer, allocated
+    for 32, is large enough for either. Measured fixed by ``test_flash_attention.py`` on the GPU.
+    """
+    convert = interface._bwd_postprocess_convert
+    if getattr(convert, "reed_fixed", False):
+        return
+
+    @functools.wraps(convert)
+    def convert_with_kernel_stride(*args, hdim_multiple_of=32, **kwargs):
+        arch = args[5]
+        if arch // 10 == 9 and hdim_multiple_of == 32:  # 64 (dKV_swapAB) is the kernel's too
+            hdim_multiple_of = 16
+        return convert(*args, hdim_multiple_of=hdim_multiple_of, **kwargs)
+
+    convert_with_kernel_stride.reed_fixed = True
+    interface._bwd_postprocess_convert = convert_with_kernel_stride
+
+
+def flash_attention_available(device: torch.device | str | None = None) -> bool:
+    """True where ``packed_attention`` runs the FlashAttention-4 kernels (CUDA, SM 9.x+, installed)."""
+    if not torch.cuda.is_available():
+        return False
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 9 and _flash_interface() is not None
+
+
+def _use_flash(qkv: torch.Tensor) -> bool:
+    """The kernels for CUDA bfloat16/float16 inputs; raises on a GPU that cannot run them."""
+    if not qkv.is_cuda:
+        return False
+    if not flash_attention_available(qkv.device):
+        raise RuntimeError(
+            "model.attention='fa4' on CUDA needs a GPU of compute capability 9.0 or above and "
+            f"FlashAttention-4: {INSTALL_HINT}"
+        )
+    return qkv.dtype in (torch.bfloat16, torch.float16) and qkv.shape[-1] % 8 == 0
+
+
+def attention_reference(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(o [B, N, H, d], lse [B, H, N] float32)`` of the module docstring, in float32."""
+    q, k, v = (qkv[:, :, i].float().transpose(1, 2) for i in range(3))  # (B, H, N, d)
+    scale = 1.0 / math.sqrt(qkv.shape[-1])
+    scores = scale * (q @ k.transpose(-1, -2))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1))
+    out = (probs @ v).transpose(1, 2).to(qkv.dtype)
+    return out.contiguous(), lse
+
+
+def attention_backward_reference(
+    dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+) -> torch.Tensor:
+    """``dqkv [B, N, 3, H, d]`` of the module docstring, from the saved ``o`` and ``lse``."""
+    q, k, v = (qkv[:, :, i].float().transpose(1, 2) for i in range(3))
+    do, o = (t.float().transpose(1, 2) for t in (dout, out))
+    scale = 1.0 / math.sqrt(qkv.shape[-1])
+    probs = torch.exp(scale * (q @ k.transpose(-1, -2)) - lse.unsqueeze(-1))
+    dv = probs.transpose(-1, -2) @ do
+    dprobs = do @ v.transpose(-1, -2)
+    delta = (do * o).sum(-1, keepdim=True)
+    dscores = probs * (dprobs - delta)
+    dq = scale * (dscores @ k)
+    dk = scale * (dscores.transpose(-1, -2) @ q)
+    return torch.stack([t.transpose(1, 2) for t in (dq, dk, dv)], dim=2).to(qkv.dtype)
+
+
+def _check(qkv: torch.Tensor) -> None:
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"packed_attention: qkv must be [B, N, 3, H, d], got {tuple(qkv.shape)}")
+    if qkv.stride(-1) != 1:
+        raise ValueError("packed_attention: qkv's last (head) dimension must be contiguous")
+
+
+@custom_op("reed_image::packed_attention_fwd", mutates_args=())
+def _packed_attention_fwd(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not _use_flash(qkv):
+        return attention_reference(qkv)
+    out, lse, *_ = _flash_interface()._flash_attn_fwd(
+        qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=False, return_lse=True
+    )
+    return out, lse
+
+
+@register_fake("reed_image::packed_attention_fwd")
+def _packed_attention_fwd_fake(qkv):
+    batch, tokens, _, heads, head_dim = qkv.shape
+    out = qkv.new_empty(batch, tokens, heads, head_dim)
+    lse = qkv.new_empty(batch, heads, tokens, dtype=torch.float32)
+    return out, lse
+
+
+@custom_op("reed_image::packed_attention_bwd", mutates_args=())
+def _packed_attention_bwd(
+    dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+) -> torch.Tensor:
+    if not _use_flash(qkv):
+        return attention_backward_reference(dout, qkv, out, lse)
+    dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+    _flash_interface()._flash_attn_bwd(
+        qkv[:, :, 0],
+        qkv[:, :, 1],
+        qkv[:, :, 2],
+        out,
+        dout,
+        lse,
+        causal=False,
+        dq=dqkv[:, :, 0],
+        dk=dqkv[:, :, 1],
+        dv=dqkv[:, :, 2],
+    )
+    return dqkv
+
+
+@register_fake("reed_image::packed_attention_bwd")
+def _packed_attention_bwd_fake(dout, qkv, out, lse):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    (qkv,) = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    qkv, out, lse = ctx.saved_tensors
+    return _packed_attention_bwd(dout.contiguous(), qkv, out, lse)
+
+
+register_autograd("reed_image::packed_attention_fwd", _backward, setup_context=_setup_context)
+
+
+def packed_attention(qkv: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of ``qkv [B, N, 3, H, d]`` -> ``[B, N, H, d]`` (module docstring).
+
+    On a GPU that cannot run the kernels (not installed, compute capability below 9) this raises
+    rather than falling back, so a run configured for them never silently measures the float32
+    reference; CPU runs, and float32 inputs anywhere, use the reference.
+    """
+    _check(qkv)
+    return _packed_attention_fwd(qkv)[0]
