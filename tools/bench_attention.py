@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from reed_image.models import flash_attention
 from reed_image.models.flash_attention import attention_reference, packed_attention
 
 BACKENDS = {
@@ -102,20 +103,36 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=1152)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated from {list(BACKENDS)}")
+    p.add_argument(
+        "--fa4-forward-tiles",
+        default="",
+        help="also time fa4 with its own forward kernel (fa4 alone: cuDNN's forward) at these tiles, "
+        "e.g. auto,128x128,128x128:smem (tile_m x tile_n, auto: its choice; :smem keeps P in shared "
+        "memory for P@V, else registers)",
+    )
     args = p.parse_args()
     qkv = torch.randn(
         args.batch, args.tokens, 3 * args.dim, device="cuda", dtype=torch.bfloat16, requires_grad=True
     )
     flops = 3.5 * 4 * args.batch * args.tokens**2 * args.dim  # fwd + bwd (2.5x fwd)
     results = {}
-    for name in args.backends.split(","):
+    runs = [(name, None) for name in args.backends.split(",")]
+    for spec in filter(None, args.fa4_forward_tiles.split(",")):
+        tile, _, smem = spec.partition(":")
+        tile_m, tile_n = (int(n) for n in tile.split("x")) if tile != "auto" else (0, 0)
+        runs.append((f"fa4@{spec}", (tile_m, tile_n, smem != "smem") if tile_m else None))
+    default_forward, default_tile = flash_attention.FORWARD, flash_attention.FORWARD_TILE
+    for name, tile in runs:
+        flash_attention.FORWARD = "fa4" if "@" in name else default_forward
+        flash_attention.FORWARD_TILE = tile if "@" in name else default_tile
         try:
-            ms = time_backend(name, qkv, args.heads, args.reps)
-            accuracy = errors(name, qkv, args.heads)
-        except (RuntimeError, ImportError) as err:
-            results[name] = {"error": str(err).splitlines()[0][:120]}
+            ms = time_backend(name.partition("@")[0], qkv, args.heads, args.reps)
+            accuracy = errors(name.partition("@")[0], qkv, args.heads)
+        except Exception as err:  # noqa: BLE001 (a config the kernels refuse is a result too)
+            results[name] = {"error": str(err).splitlines()[0][:120] if str(err) else type(err).__name__}
             continue
         results[name] = {"fwd_bwd_ms": round(ms, 3), "TFLOP_per_s": round(flops / ms / 1e9, 1), **accuracy}
+    flash_attention.FORWARD, flash_attention.FORWARD_TILE = default_forward, default_tile
     print(json.dumps({"shape": vars(args), "device": torch.cuda.get_device_name(), **results}, indent=1))
 
 

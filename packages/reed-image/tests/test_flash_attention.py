@@ -95,8 +95,8 @@ def test_bad_layout_is_a_clear_error():
         packed_attention(torch.zeros(2, 4, 3, 8, 3).transpose(-1, -2))
 
 
-@pytest.mark.parametrize("qk_norm", [False, True])
-def test_sit_with_packed_attention_matches_sdpa(qk_norm):
+@pytest.mark.parametrize("qk_norm,fused_adaln", [(False, False), (True, False), (False, True)])
+def test_sit_with_packed_attention_matches_sdpa(qk_norm, fused_adaln):
     """A whole SiT with ``attention="fa4"`` (the reference on CPU) equals the SDPA SiT: velocity
     and every parameter gradient."""
     cfg = dict(
@@ -108,6 +108,7 @@ def test_sit_with_packed_attention_matches_sdpa(qk_norm):
         hidden_size=48,
         num_heads=3,
         qk_norm=qk_norm,
+        fused_adaln=fused_adaln,
     )
     torch.manual_seed(0)
     plain = SiT(SiTConfig(**cfg)).double()
@@ -152,8 +153,10 @@ def test_cuda_without_the_kernels_raises_instead_of_falling_back(monkeypatch):
 
 @pytest.mark.gpu
 @needs_fa4
+@pytest.mark.parametrize("forward", ["cudnn", "fa4"])
 @pytest.mark.parametrize("shape", [(64, 256, 16, 72), (3, 40, 2, 64), (2, 200, 4, 128)])
-def test_kernels_match_the_reference(shape):
+def test_kernels_match_the_reference(shape, forward, monkeypatch):
+    monkeypatch.setattr(flash_attention, "FORWARD", forward)
     batch, tokens, heads, head_dim = shape
     qkv, dout = random_qkv(batch, tokens, heads, head_dim, dtype=torch.bfloat16, device="cuda", scale=1.0)
     out, dqkv = value_and_grad(packed_attention, qkv, dout)

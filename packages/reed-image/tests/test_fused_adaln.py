@@ -29,7 +29,7 @@ from reed_image.models.fused_adaln import (
 )
 from reed_image.models.sit import modulate
 
-BRANCH_MODES = ("gated", "ungated", "none")
+BRANCH_MODES = ("gated", "biased", "ungated", "none")  # biased: gated, with the branch's Linear bias
 # (B, N, D), branch mode, whether x_out gets a gradient; D not a power of two, 1152 = SiT-XL
 KERNEL_CASES = [
     ((2, 5, 72), "gated", True),
@@ -38,8 +38,14 @@ KERNEL_CASES = [
     ((2, 6, 96), "ungated", True),
     ((2, 7, 72), "gated", False),
     ((1, 1, 16), "gated", True),
+    ((2, 5, 72), "biased", True),
+    ((2, 3, 1152), "biased", False),
 ]
-GPU_CASES = KERNEL_CASES + [((64, 256, 1152), "gated", True), ((4, 64, 384), "none", True)]
+GPU_CASES = KERNEL_CASES + [
+    ((64, 256, 1152), "gated", True),
+    ((64, 256, 1152), "biased", True),
+    ((4, 64, 384), "none", True),
+]
 BF16_ULP = 2.0**-7  # one bfloat16 ulp, relative (interpreter truncates; the GPU rounds to nearest)
 
 
@@ -49,14 +55,16 @@ def case_id(case) -> str:
 
 
 def make_inputs(shape, mode, dtype, small_dtype, device="cpu", seed=0):
-    """``(x, branch, gate, shift, scale)``; gate/shift/scale are strided chunks of one [B, 6D] output."""
+    """``(x, branch, gate, shift, scale, bias)``; gate/shift/scale are strided chunks of one [B, 6D]
+    output; bias (float32, as a Linear's parameter under autocast) only in mode "biased"."""
     g = torch.Generator().manual_seed(seed)
     b, n, d = shape
     x = (torch.randn(b, n, d, generator=g) * 2 + 0.3).to(device, dtype)
     branch = torch.randn(b, n, d, generator=g).to(device, small_dtype) if mode != "none" else None
     adaln = (torch.randn(b, 6 * d, generator=g) * 0.5).to(device, small_dtype)
     shift, scale, gate = adaln[:, :d], adaln[:, d : 2 * d], adaln[:, 2 * d : 3 * d]
-    return x, branch, (gate if mode == "gated" else None), shift, scale
+    bias = (torch.randn(d, generator=g) * 0.5).to(device, dtype) if mode == "biased" else None
+    return x, branch, (gate if mode in ("gated", "biased") else None), shift, scale, bias
 
 
 def leaves_of(tensors):
@@ -83,8 +91,12 @@ def worst_error_ratio(actual: torch.Tensor, expected: torch.Tensor, rel: float) 
     return ((actual.double() - expected).abs() / bound).max().item()
 
 
-def fused_bf16(*tensors):
-    return add_norm_modulate(*tensors, out_dtype=torch.bfloat16)
+def fused_bf16(x, branch, gate, shift, scale, bias):
+    return add_norm_modulate(x, branch, gate, shift, scale, out_dtype=torch.bfloat16, bias=bias)
+
+
+def reference64(x, branch, gate, shift, scale, bias):
+    return add_norm_modulate_reference(x, branch, gate, shift, scale, out_dtype=torch.float64, bias=bias)
 
 
 def kernel_error_ratios(shape, mode, grad_x_out, device="cpu", seed=0, fn=fused_bf16) -> dict[str, float]:
@@ -97,14 +109,15 @@ def kernel_error_ratios(shape, mode, grad_x_out, device="cpu", seed=0, fn=fused_
     x_out, h, grads = value_and_grads(fn, inputs, dx_out, dh)
     inputs64 = [t.double() if t is not None else None for t in inputs]
     x_out64, h64, grads64 = value_and_grads(
-        lambda *t: add_norm_modulate_reference(*t, out_dtype=torch.float64),
+        reference64,
         inputs64,
         dx_out.double() if grad_x_out else None,
         dh.double(),
     )
     assert x_out.dtype == torch.float32 and h.dtype == torch.bfloat16
     ratios = {"x_out": worst_error_ratio(x_out, x_out64, 1e-6), "h": worst_error_ratio(h, h64, BF16_ULP)}
-    names = [name for name, t in zip(("dx", "dbranch", "dgate", "dshift", "dscale"), inputs) if t is not None]
+    names = ("dx", "dbranch", "dgate", "dshift", "dscale", "dbias")
+    names = [name for name, t in zip(names, inputs, strict=True) if t is not None]
     for name, grad, grad64, given in zip(names, grads, grads64, [t for t in inputs if t is not None]):
         assert grad.dtype == given.dtype and grad.shape == given.shape, name
         ratios[name] = worst_error_ratio(grad, grad64, 1e-5 if grad.dtype == torch.float32 else BF16_ULP)
@@ -115,21 +128,23 @@ def opcheck_results(device="cpu", test_utils=None) -> dict[str, str]:
     """``torch.library.opcheck`` of both custom ops (branch, gate and no-branch forward; backward)."""
     kwargs = {} if test_utils is None else {"test_utils": test_utils}
     results = {}
-    for mode in ("gated", "none"):
-        x, branch, gate, shift, scale = leaves_of(
+    for mode in ("gated", "biased", "none"):
+        x, branch, gate, shift, scale, bias = leaves_of(
             make_inputs((2, 3, 40), mode, torch.float32, torch.bfloat16, device)
         )
-        args = (x, branch, gate, shift, scale, 1e-6, torch.bfloat16)
+        args = (x, branch, gate, shift, scale, 1e-6, torch.bfloat16, bias)
         for util, outcome in torch.library.opcheck(
             torch.ops.reed_image.add_norm_modulate_fwd, args, **kwargs
         ).items():
             results[f"fwd-{mode}-{util}"] = outcome
-    x, branch, gate, shift, scale = make_inputs((2, 3, 40), "gated", torch.float32, torch.bfloat16, device)
+    x, branch, gate, shift, scale, bias = make_inputs(
+        (2, 3, 40), "biased", torch.float32, torch.bfloat16, device
+    )
     x_out, _, mean, rstd = torch.ops.reed_image.add_norm_modulate_fwd(
-        x, branch, gate, shift, scale, 1e-6, torch.bfloat16
+        x, branch, gate, shift, scale, 1e-6, torch.bfloat16, bias
     )
     dh = torch.randn_like(x).bfloat16()
-    args = (torch.randn_like(x), dh, x_out, mean, rstd, branch, gate, scale, True, torch.bfloat16)
+    args = (torch.randn_like(x), dh, x_out, mean, rstd, branch, gate, scale, True, torch.bfloat16, bias, True)
     for util, outcome in torch.library.opcheck(
         torch.ops.reed_image.add_norm_modulate_bwd, args, **kwargs
     ).items():
@@ -156,13 +171,18 @@ def test_reference_matches_unfused_layernorm_chain(mode):
     inputs = make_inputs(shape, mode, torch.float64, torch.float64)
     norm = nn.LayerNorm(shape[-1], elementwise_affine=False, eps=1e-6)
 
-    def unfused(x, branch, gate, shift, scale):
+    def unfused(x, branch, gate, shift, scale, bias):
         if branch is not None:
-            x = x + (gate.unsqueeze(1) if gate is not None else 1) * branch
+            x = x + (gate.unsqueeze(1) if gate is not None else 1) * (
+                branch + (bias if bias is not None else 0)
+            )
         return x, modulate(norm(x), shift, scale)
 
+    def reference(x, branch, gate, shift, scale, bias):
+        return add_norm_modulate_reference(x, branch, gate, shift, scale, bias=bias)
+
     dx_out, dh = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
-    got = value_and_grads(add_norm_modulate_reference, inputs, dx_out, dh)
+    got = value_and_grads(reference, inputs, dx_out, dh)
     want = value_and_grads(unfused, inputs, dx_out, dh)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
@@ -175,11 +195,18 @@ def test_reference_matches_unfused_layernorm_chain(mode):
 def test_backward_equations_match_autograd_of_the_reference(mode):
     """The closed-form backward of the module docstring, which the Triton kernel implements."""
     shape, eps = (2, 6, 20), 1e-6
-    x, branch, gate, shift, scale = make_inputs(shape, mode, torch.float64, torch.float64)
+    x, branch, gate, shift, scale, bias = make_inputs(shape, mode, torch.float64, torch.float64)
     dx_out, dh = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
-    _, _, grads = value_and_grads(add_norm_modulate_reference, (x, branch, gate, shift, scale), dx_out, dh)
+    _, _, grads = value_and_grads(
+        lambda *t: add_norm_modulate_reference(*t[:5], bias=t[5]),
+        (x, branch, gate, shift, scale, bias),
+        dx_out,
+        dh,
+    )
 
     gate_b = gate[:, None, :] if gate is not None else 1.0
+    if bias is not None:
+        branch = branch + bias
     x_out = x + gate_b * branch if branch is not None else x
     mean = x_out.mean(-1, keepdim=True)
     rstd = 1 / torch.sqrt(((x_out - mean) ** 2).mean(-1, keepdim=True) + eps)
@@ -193,12 +220,14 @@ def test_backward_equations_match_autograd_of_the_reference(mode):
     if gate is not None:
         expected.append((branch * dx_total).sum(1))
     expected += [dh.sum(1), (dh * xhat).sum(1)]
+    if bias is not None:
+        expected.append((gate_b * dx_total).sum((0, 1)))
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want)
 
 
 def test_cpu_without_interpreter_runs_the_reference():
-    x, branch, gate, shift, scale = make_inputs((2, 4, 24), "gated", torch.float32, torch.bfloat16)
+    x, branch, gate, shift, scale, _ = make_inputs((2, 4, 24), "gated", torch.float32, torch.bfloat16)
     if triton_path_available(x):
         pytest.skip("TRITON_INTERPRET is set in this process: CPU tensors take the Triton path")
     x_out, h = add_norm_modulate(x, branch, gate, shift, scale)
@@ -210,7 +239,7 @@ def test_cpu_without_interpreter_runs_the_reference():
 
 
 def test_shape_errors():
-    x, branch, gate, shift, scale = make_inputs((2, 4, 24), "gated", torch.float32, torch.bfloat16)
+    x, branch, gate, shift, scale, _ = make_inputs((2, 4, 24), "gated", torch.float32, torch.bfloat16)
     with pytest.raises(ValueError, match=r"x must be \[B, N, D\]"):
         add_norm_modulate(x[0], branch, gate, shift, scale)
     with pytest.raises(ValueError, match="branch"):
@@ -219,6 +248,10 @@ def test_shape_errors():
         add_norm_modulate(x, None, gate, shift, scale)
     with pytest.raises(ValueError, match="scale must be"):
         add_norm_modulate(x, branch, gate, shift, scale[:1])
+    with pytest.raises(ValueError, match="bias must be"):
+        add_norm_modulate(x, branch, gate, shift, scale, bias=torch.zeros(3))
+    with pytest.raises(ValueError, match="bias must be"):
+        add_norm_modulate(x, None, None, shift, scale, bias=torch.zeros(24))
 
 
 # ---------------------------------------------------------------- Triton kernels, interpreter (CPU)
@@ -235,7 +268,8 @@ def test_triton_interpreter_matches_float64_oracle(interpreter, case):
     ratios = interpreter["cases"][case_id(case)]
     (_, _, _), mode, _ = case
     expected = {"x_out", "h", "dx", "dshift", "dscale"} | ({"dbranch"} if mode != "none" else set())
-    assert set(ratios) == expected | ({"dgate"} if mode == "gated" else set())
+    expected |= {"dgate"} if mode in ("gated", "biased") else set()
+    assert set(ratios) == expected | ({"dbias"} if mode == "biased" else set())
     assert all(r <= 1.0 for r in ratios.values()), ratios
 
 

@@ -460,3 +460,23 @@ def test_cuda_graph_capture_replays_the_eager_result():
     eager = step()
     for name, g, w in zip(NAMES, static_out, eager, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3 * w.abs().max().item(), msg=name)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)], ids=["cpu", "cuda"])
+def test_op_without_fc2_bias_leaves_it_to_the_caller(device):
+    """``b2=None`` (the fused adaLN kernel adds fc2's bias): the output is the biased one minus the
+    bias, every other gradient is unchanged, and no bias gradient is formed."""
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    _, fused = make_mlps(64, 256, dtype=dtype, device=device)
+    x = torch.randn(4, 8, 64, device=device, dtype=dtype)
+    dy = torch.randn(4, 8, 64, device=device, dtype=dtype)
+    params = [fused.fc1.weight, fused.fc1.bias, fused.fc2.weight]
+    with_bias = value_and_grads(fused, x, dy)
+    leaf = x.detach().clone().requires_grad_()
+    y = fused(leaf, fc2_bias=False)
+    grads = torch.autograd.grad(y, [leaf, *params], dy)
+    assert fused.fc2.bias.grad is None
+    tol = {} if device == "cpu" else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(y + fused.fc2.bias, with_bias[0], **tol)
+    for got, want in zip(grads, with_bias[1:5], strict=True):
+        torch.testing.assert_close(got, want, **tol)

@@ -158,8 +158,9 @@ def plain_and_fused_sits(**fused_flags: bool) -> tuple[SiT, SiT]:
     ]:
         torch.nn.init.normal_(linear.weight, std=0.5)
         torch.nn.init.normal_(linear.bias, std=0.5)
-    for block in plain.blocks:
-        torch.nn.init.normal_(block.mlp.fc1.bias, std=0.5)
+    for block in plain.blocks:  # (the chained fused blocks add proj's and fc2's biases in the kernels)
+        for bias in (block.mlp.fc1.bias, block.mlp.fc2.bias, block.attn.proj.bias):
+            torch.nn.init.normal_(bias, std=0.5)
     torch.nn.init.normal_(plain.final_layer.linear.weight, std=0.5)
     fused = SiT(SiTConfig(**{**base.__dict__, **fused_flags})).double()
     assert fused.state_dict().keys() == plain.state_dict().keys()

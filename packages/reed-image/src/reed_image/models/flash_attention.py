@@ -17,15 +17,18 @@ qkv Linear's backward reads as it is. Through ``F.scaled_dot_product_attention``
 back as separate tensors and autograd stacks them into that layout in one more pass over
 ``3 B N H d`` elements (SiT-XL/2, batch 64: 113 MB read and written per block, 2.1 ms of a step).
 
-On CUDA with a compute capability of 9.x or above and bfloat16/float16 inputs the two ops call
-the FlashAttention-4 kernels (``flash_attn.cute``, PyPI ``flash-attn-4``, CuTe DSL: compiled on
-first use for each shape). They run at the head dimension rounded up to 16 (SiT's 72 -> 80),
-where cuDNN's kernels run 72 in a 128-wide tile. Its backward accepts caller-made ``dq``/``dk``/
-``dv``, which is what lets it write the packed gradient: the two private entry points
-``_flash_attn_fwd``/``_flash_attn_bwd`` are used for that (hence the exact version pin of the
-``fa4`` extra). Anywhere else (CPU, float32, older GPUs) the same ops run
-``attention_reference``/``attention_backward_reference`` (the equations above in float32), so
-the packed path is the same code with and without a Hopper GPU. Both ops are
+On CUDA with a compute capability of 9.x or above and bfloat16/float16 inputs the backward is
+FlashAttention-4's (``flash_attn.cute``, PyPI ``flash-attn-4``, CuTe DSL kernels compiled on first
+use for each shape). It runs at the head dimension rounded up to 16 (SiT's 72 -> 80), where
+cuDNN's kernels run 72 in a 128-wide tile, and it accepts caller-made ``dq``/``dk``/``dv``, which
+is what lets it write the packed gradient: its private entry point ``_flash_attn_bwd`` is used
+for that (hence the exact version pin of the ``fa4`` extra). It needs only ``o`` and ``lse`` from
+the forward, so the forward is whichever kernel is faster there (``FORWARD``): at SiT-XL/2's
+shapes on an H100 that is cuDNN's (through PyTorch's ``_scaled_dot_product_cudnn_attention``,
+which returns ``lse`` too), else FlashAttention-4's ``_flash_attn_fwd``. Anywhere else (CPU,
+float32, older GPUs) the same ops run ``attention_reference``/``attention_backward_reference``
+(the equations above in float32), so the packed path is the same code with and without a Hopper
+GPU. Both ops are
 ``torch.library.custom_op``s tied with ``register_autograd``: ``torch.compile(fullgraph=True)``
 keeps each as one opaque call, and CUDA-graph capture records the kernels.
 """
@@ -47,6 +50,14 @@ __all__ = [
 ]
 
 INSTALL_HINT = "pip install 'reed-image[fa4]' (PyPI flash-attn-4)"
+# the forward's kernel on the GPU: "cudnn" (PyTorch's cuDNN attention, which also returns the
+# log-sum-exp the FlashAttention-4 backward reads) or "fa4"; SiT-XL/2 on an H100 (B 64, N 256,
+# head dim 72): cuDNN's forward took 89 us, FlashAttention-4's 159 us (its 192 x 144 tile) or about
+# 129 us (128 x 128); its backward 337 us against cuDNN's 370 us + 75 us of gradient stacking
+FORWARD = "cudnn"
+# FlashAttention-4's forward tile (tile_m, tile_n, P@V from registers); None keeps its own choice
+# (192 x 144 for head dims 65-96 on Hopper); tools/bench_attention.py --fa4-forward-tiles times others
+FORWARD_TILE: tuple[int, int, bool] | None = (128, 128, True)
 
 
 # the release the private entry points and the fix below are written against (extra ``fa4``)
@@ -152,12 +163,23 @@ def _check(qkv: torch.Tensor) -> None:
         raise ValueError("packed_attention: qkv's last (head) dimension must be contiguous")
 
 
+def _cudnn_forward(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(o [B, N, H, d], lse [B, H, N])`` by cuDNN's fused attention (PyTorch's SDPA kernel)."""
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, N, d) views
+    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False)[:2]
+    batch, heads, tokens = q.shape[:3]
+    return out.transpose(1, 2).contiguous(), lse.reshape(batch, heads, tokens).contiguous()
+
+
 @custom_op("reed_image::packed_attention_fwd", mutates_args=())
 def _packed_attention_fwd(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not _use_flash(qkv):
         return attention_reference(qkv)
+    if FORWARD == "cudnn":
+        return _cudnn_forward(qkv)
+    tile = {} if FORWARD_TILE is None else {"tile_mn": FORWARD_TILE[:2], "mma_pv_is_rs": FORWARD_TILE[2]}
     out, lse, *_ = _flash_interface()._flash_attn_fwd(
-        qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=False, return_lse=True
+        qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=False, return_lse=True, **tile
     )
     return out, lse
 

@@ -6,7 +6,7 @@ here into one kernel each way. For ``x [B, N, D]`` and per-sample ``gate, shift,
 
 Forward (``add_norm_modulate``; arithmetic in float32):
 
-    x_out = x + gate[:, None, :] * branch          (branch None: x_out = x)
+    x_out = x + gate[:, None, :] * (branch + bias)   (branch None: x_out = x; bias optional)
     mean  = mean_D(x_out)
     rstd  = 1 / sqrt(mean_D((x_out - mean)^2) + eps)
     xhat  = (x_out - mean) * rstd
@@ -16,8 +16,13 @@ Backward, from ``dx_out`` (gradient of ``x_out`` through later uses of the resid
 
     dxhat    = dh * (1 + scale)
     dx_total = dx_out + rstd * (dxhat - mean_D(dxhat) - xhat * mean_D(dxhat * xhat))
-    dx = dx_total,   dbranch = gate * dx_total,   dgate = sum_N(branch * dx_total)
-    dshift = sum_N(dh),   dscale = sum_N(dh * xhat)
+    dx = dx_total,   dbranch = gate * dx_total,   dgate = sum_N((branch + bias) * dx_total)
+    dshift = sum_N(dh),   dscale = sum_N(dh * xhat),   dbias = sum_{B,N}(dbranch)
+
+The bias is the branch's last Linear's (SiT: the attention's ``proj``, the MLP's ``fc2``), moved
+here from that GEMM: its gradient then comes from the pass that already writes ``dbranch``, in
+place of one more read of ``dbranch`` (a separate column-sum kernel, or cuBLASLt's BGRADB, 13-50 us
+a call at SiT-XL/2 shapes on an H100).
 
 Traffic: the forward reads ``x`` and ``branch`` once and writes ``x_out`` and ``h`` once (plus
 ``mean``/``rstd``, 8 bytes a token). The backward reads ``x_out``, ``dh``, ``dx_out`` and
@@ -70,6 +75,7 @@ def add_norm_modulate_reference(
     scale: torch.Tensor,
     eps: float = 1e-6,
     out_dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The module docstring's forward in plain PyTorch (autograd gives the backward).
 
@@ -77,12 +83,14 @@ def add_norm_modulate_reference(
     cast to ``out_dtype`` (default: ``branch``'s dtype, else ``x``'s). ``gate`` None with a
     ``branch`` adds the branch ungated.
     """
-    _check_shapes(x, branch, gate, shift, scale)
+    _check_shapes(x, branch, gate, shift, scale, bias)
     out_dtype = out_dtype or (branch.dtype if branch is not None else x.dtype)
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     x_out = x
     if branch is not None:
         update = branch.to(compute_dtype)
+        if bias is not None:
+            update = update + bias.to(compute_dtype)
         if gate is not None:
             update = gate.to(compute_dtype)[:, None, :] * update
         x_out = (x.to(compute_dtype) + update).to(x.dtype)
@@ -103,21 +111,23 @@ def add_norm_modulate(
     scale: torch.Tensor,
     eps: float = 1e-6,
     out_dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x_out, h)`` of the module docstring, fused; differentiable in all five tensors.
+    """``(x_out, h)`` of the module docstring, fused; differentiable in all six tensors.
 
     ``x [B, N, D]`` (the residual stream, float32 in training), ``branch [B, N, D]`` or None,
     ``gate``/``shift``/``scale [B, D]`` (rows may be strided, e.g. chunks of one adaLN output).
     With ``branch`` None, ``x_out`` is ``x`` itself. ``h`` comes out in ``out_dtype`` (default:
     ``branch``'s dtype, else ``x``'s; pass the autocast dtype when ``h`` feeds a Linear).
+    ``bias [D]`` (or None) is added to ``branch`` before the gate; it needs a branch.
     Runs the Triton kernels where ``triton_path_available(x)``, else the reference.
     """
-    _check_shapes(x, branch, gate, shift, scale)
+    _check_shapes(x, branch, gate, shift, scale, bias)
     out_dtype = out_dtype or (branch.dtype if branch is not None else x.dtype)
     if not triton_path_available(x):
-        return add_norm_modulate_reference(x, branch, gate, shift, scale, eps, out_dtype)
+        return add_norm_modulate_reference(x, branch, gate, shift, scale, eps, out_dtype, bias)
     x_out, h, _, _ = torch.ops.reed_image.add_norm_modulate_fwd(
-        x, branch, gate, shift, scale, float(eps), out_dtype
+        x, branch, gate, shift, scale, float(eps), out_dtype, bias
     )
     return (x if branch is None else x_out), h
 
@@ -128,6 +138,7 @@ def _check_shapes(
     gate: torch.Tensor | None,
     shift: torch.Tensor,
     scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> None:
     if x.dim() != 3:
         raise ValueError(f"add_norm_modulate: x must be [B, N, D], got {tuple(x.shape)}")
@@ -136,6 +147,11 @@ def _check_shapes(
         raise ValueError(f"add_norm_modulate: branch {tuple(branch.shape)} != x {tuple(x.shape)}")
     if gate is not None and branch is None:
         raise ValueError("add_norm_modulate: a gate needs a branch")
+    if bias is not None and (branch is None or tuple(bias.shape) != (dim,)):
+        raise ValueError(
+            f"add_norm_modulate: bias must be [D] = [{dim}] with a branch, got "
+            f"{tuple(bias.shape)} with branch {'None' if branch is None else 'given'}"
+        )
     for name, vec in (("gate", gate), ("shift", shift), ("scale", scale)):
         if vec is not None and tuple(vec.shape) != (batch, dim):
             raise ValueError(
@@ -182,6 +198,7 @@ if triton is not None:
         gate_ptr,
         shift_ptr,
         scale_ptr,
+        bias_ptr,
         x_out_ptr,
         h_ptr,
         mean_ptr,
@@ -195,6 +212,7 @@ if triton is not None:
         eps,
         HAS_BRANCH: tl.constexpr,
         HAS_GATE: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
         ROWS: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -209,6 +227,8 @@ if triton is not None:
         residual = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         if HAS_BRANCH:
             update = tl.load(branch_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                update += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
             if HAS_GATE:
                 gate = tl.load(
                     gate_ptr + sample[:, None] * gate_row_stride + cols[None, :], mask=mask, other=0.0
@@ -238,11 +258,13 @@ if triton is not None:
         branch_ptr,
         gate_ptr,
         scale_ptr,
+        bias_ptr,
         dx_ptr,
         dbranch_ptr,
         dgate_partial_ptr,
         dshift_partial_ptr,
         dscale_partial_ptr,
+        dbias_partial_ptr,
         tokens_per_sample,
         dim,
         gate_row_stride,
@@ -253,6 +275,8 @@ if triton is not None:
         HAS_GATE: tl.constexpr,
         NEED_DBRANCH: tl.constexpr,
         NEED_DGATE: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        NEED_DBIAS: tl.constexpr,
         ROWS: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -270,7 +294,10 @@ if triton is not None:
             gate = tl.load(gate_ptr + sample * gate_row_stride + cols, mask=col_mask, other=0.0).to(
                 tl.float32
             )
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         dgate_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dbias_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
         dshift_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
         dscale_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
 
@@ -295,13 +322,17 @@ if triton is not None:
             if HAS_DX_OUT:
                 dx_total += tl.load(dx_out_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             tl.store(dx_ptr + offsets, dx_total.to(dx_ptr.dtype.element_ty), mask=mask)
+            dbranch = dx_total
+            if HAS_GATE:
+                dbranch = gate[None, :] * dx_total
             if NEED_DBRANCH:
-                dbranch = dx_total
-                if HAS_GATE:
-                    dbranch = gate[None, :] * dx_total
                 tl.store(dbranch_ptr + offsets, dbranch.to(dbranch_ptr.dtype.element_ty), mask=mask)
+            if NEED_DBIAS:
+                dbias_sum += tl.sum(tl.where(mask, dbranch, 0.0), axis=0)
             if NEED_DGATE:
                 branch = tl.load(branch_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    branch = tl.where(mask, branch + bias[None, :], 0.0)
                 dgate_sum += tl.sum(branch * dx_total, axis=0)
             dshift_sum += tl.sum(dh, axis=0)
             dscale_sum += tl.sum(dh * xhat, axis=0)
@@ -309,6 +340,8 @@ if triton is not None:
         partial_offsets = (sample * num_tiles + tile) * dim + cols
         if NEED_DGATE:
             tl.store(dgate_partial_ptr + partial_offsets, dgate_sum, mask=col_mask)
+        if NEED_DBIAS:
+            tl.store(dbias_partial_ptr + partial_offsets, dbias_sum, mask=col_mask)
         tl.store(dshift_partial_ptr + partial_offsets, dshift_sum, mask=col_mask)
         tl.store(dscale_partial_ptr + partial_offsets, dscale_sum, mask=col_mask)
 
@@ -322,6 +355,7 @@ def _add_norm_modulate_fwd(
     scale: torch.Tensor,
     eps: float,
     out_dtype: torch.dtype,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_out, h, mean, rstd)``; ``x_out`` is an empty tensor when ``branch`` is None (it is ``x``).
 
@@ -335,6 +369,9 @@ def _add_norm_modulate_fwd(
         branch = branch.contiguous()
     if has_gate:
         gate = _row_vector(gate)
+    has_bias = bias is not None
+    if has_bias:
+        bias = bias.contiguous()
     shift, scale = _row_vector(shift), _row_vector(scale)
     x_out = torch.empty_like(x) if has_branch else x.new_empty(0)
     h = torch.empty(x.shape, dtype=out_dtype, device=x.device)
@@ -354,6 +391,7 @@ def _add_norm_modulate_fwd(
         gate if has_gate else shift,
         shift,
         scale,
+        bias if has_bias else shift,
         x_out if has_branch else h,
         h,
         mean,
@@ -367,6 +405,7 @@ def _add_norm_modulate_fwd(
         eps,
         HAS_BRANCH=has_branch,
         HAS_GATE=has_gate,
+        HAS_BIAS=has_bias,
         ROWS=rows,
         BLOCK_D=block_d,
         num_warps=num_warps,
@@ -386,11 +425,15 @@ def _add_norm_modulate_bwd(
     scale: torch.Tensor,
     need_dbranch: bool,
     dbranch_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dx, dbranch, dgate, dshift, dscale)``; the last three float32 ``[B, D]``.
+    bias: torch.Tensor | None = None,
+    need_dbias: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, dbranch, dgate, dshift, dscale, dbias)``; dgate/dshift/dscale float32 ``[B, D]``,
+    dbias float32 ``[D]``.
 
-    ``branch`` is passed only when ``dgate`` is wanted (else ``dgate`` is empty); ``dbranch`` is
-    empty unless ``need_dbranch``. ``dx_out`` None means no gradient reached ``x_out``.
+    ``branch`` is passed only when ``dgate`` is wanted (else ``dgate`` is empty), and then
+    ``bias`` too where the forward had one; ``dbranch`` is empty unless ``need_dbranch``, ``dbias``
+    unless ``need_dbias``. ``dx_out`` None means no gradient reached ``x_out``.
     """
     batch, tokens, dim = x_out.shape
     x_out, dh = x_out.contiguous(), dh.contiguous()
@@ -404,6 +447,9 @@ def _add_norm_modulate_bwd(
     if has_gate:
         gate = _row_vector(gate)
     scale = _row_vector(scale)
+    has_bias = need_dgate and bias is not None
+    if has_bias:
+        bias = bias.contiguous()
     block_d, rows, num_warps, num_stages = _bwd_config(dim)
 
     # token tiles: about _BWD_PROGRAMS_PER_SM programs per SM in all, each tile a power of two of
@@ -422,6 +468,7 @@ def _add_norm_modulate_bwd(
     dgate_partial = x_out.new_empty(partial_shape, dtype=torch.float32) if need_dgate else None
     dshift_partial = x_out.new_empty(partial_shape, dtype=torch.float32)
     dscale_partial = x_out.new_empty(partial_shape, dtype=torch.float32)
+    dbias_partial = x_out.new_empty(partial_shape, dtype=torch.float32) if need_dbias else None
     if batch * tokens > 0:
         if TRITON_INTERPRET:  # wrap_triton refuses the interpreter's kernels
             kernel = interpreter_kernel(_add_norm_modulate_bwd_kernel, x_out, "add_norm_modulate")
@@ -436,11 +483,13 @@ def _add_norm_modulate_bwd(
             branch if need_dgate else dh,
             gate if has_gate else scale,
             scale,
+            bias if has_bias else scale,
             dx,
             dbranch if need_dbranch else dx,
             dgate_partial if need_dgate else dshift_partial,
             dshift_partial,
             dscale_partial,
+            dbias_partial if need_dbias else dshift_partial,
             tokens,
             dim,
             gate.stride(0) if has_gate else 0,
@@ -451,6 +500,8 @@ def _add_norm_modulate_bwd(
             HAS_GATE=has_gate,
             NEED_DBRANCH=need_dbranch,
             NEED_DGATE=need_dgate,
+            HAS_BIAS=has_bias,
+            NEED_DBIAS=need_dbias,
             ROWS=rows,
             BLOCK_D=block_d,
             num_warps=num_warps,
@@ -460,23 +511,25 @@ def _add_norm_modulate_bwd(
         dscale_partial.zero_()
         if need_dgate:
             dgate_partial.zero_()
-    empty = x_out.new_empty(0, dtype=torch.float32)
+        if need_dbias:
+            dbias_partial.zero_()
     return (
         dx,
         dbranch if need_dbranch else x_out.new_empty(0, dtype=dbranch_dtype),
-        dgate_partial.sum(dim=1) if need_dgate else empty,
+        dgate_partial.sum(dim=1) if need_dgate else x_out.new_empty(0, dtype=torch.float32),
         dshift_partial.sum(dim=1),
         dscale_partial.sum(dim=1),
+        dbias_partial.sum(dim=(0, 1)) if need_dbias else x_out.new_empty(0, dtype=torch.float32),
     )
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, branch, gate, shift, scale, _eps, _out_dtype = inputs
+    x, branch, gate, shift, scale, _eps, _out_dtype, bias = inputs
     x_out, _h, mean, rstd = output
     has_branch = branch is not None
-    # branch is needed only for dgate; x_out (or x itself without a branch) gives xhat with mean/rstd
+    # branch (and bias) only for dgate; x_out (or x itself without a branch) gives xhat with mean/rstd
     branch_for_dgate = branch if (gate is not None and gate.requires_grad) else None
-    ctx.save_for_backward(x_out if has_branch else x, mean, rstd, branch_for_dgate, gate, scale)
+    ctx.save_for_backward(x_out if has_branch else x, mean, rstd, branch_for_dgate, gate, scale, bias)
     ctx.has_branch = has_branch
     ctx.branch_dtype = branch.dtype if has_branch else x.dtype
     ctx.shift_dtype, ctx.scale_dtype = shift.dtype, scale.dtype
@@ -484,13 +537,14 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, dx_out, dh, _dmean, _drstd):
-    residual, mean, rstd, branch_for_dgate, gate, scale = ctx.saved_tensors
+    residual, mean, rstd, branch_for_dgate, gate, scale, bias = ctx.saved_tensors
     needs_dx, needs_dbranch, needs_dgate, needs_dshift, needs_dscale = ctx.needs_input_grad[:5]
+    needs_dbias = bias is not None and ctx.needs_input_grad[7:8] == (True,)
     if not ctx.has_branch or (dx_out is not None and dx_out.numel() == 0):
         dx_out = None  # without a branch, x_out is x: its gradient reaches x directly
     if dh is None:
         dh = torch.zeros_like(residual)
-    dx, dbranch, dgate, dshift, dscale = torch.ops.reed_image.add_norm_modulate_bwd(
+    dx, dbranch, dgate, dshift, dscale, dbias = torch.ops.reed_image.add_norm_modulate_bwd(
         dx_out,
         dh,
         residual,
@@ -501,6 +555,8 @@ def _backward(ctx, dx_out, dh, _dmean, _drstd):
         scale,
         bool(needs_dbranch),
         ctx.branch_dtype,
+        bias,
+        bool(needs_dbias),
     )
     return (
         dx if needs_dx else None,
@@ -510,6 +566,7 @@ def _backward(ctx, dx_out, dh, _dmean, _drstd):
         dscale.to(ctx.scale_dtype) if needs_dscale else None,
         None,
         None,
+        dbias.to(bias.dtype) if needs_dbias else None,
     )
 
 

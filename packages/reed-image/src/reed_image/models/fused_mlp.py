@@ -134,35 +134,34 @@ def cublaslt_path_available(x: torch.Tensor, w1: torch.Tensor) -> bool:
 
 def _check(x, w1, b1, w2, b2) -> None:
     D, hidden = x.shape[-1], w1.shape[0]
-    shapes = (tuple(w1.shape), tuple(b1.shape), tuple(w2.shape), tuple(b2.shape))
+    shapes = (tuple(w1.shape), tuple(b1.shape), tuple(w2.shape), (D,) if b2 is None else tuple(b2.shape))
     if x.dim() < 1 or shapes != ((hidden, D), (hidden,), (D, hidden), (D,)):
         raise ValueError(
             f"mlp_gelu: expected x [..., D], w1 [F, D], b1 [F], w2 [D, F], b2 [D], got x "
             f"{tuple(x.shape)}, w1 {shapes[0]}, b1 {shapes[1]}, w2 {shapes[2]}, b2 {shapes[3]}"
         )
-    dtypes = {t.dtype for t in (x, w1, b1, w2, b2)}
-    if len(dtypes) != 1:
+    tensors = [t for t in (x, w1, b1, w2, b2) if t is not None]
+    if len({t.dtype for t in tensors}) != 1:
         raise ValueError(
             "mlp_gelu: x, weights and biases must share a dtype (or run under autocast), got "
-            f"{[str(t.dtype) for t in (x, w1, b1, w2, b2)]}"
+            f"{[str(t.dtype) for t in tensors]}"
         )
 
 
 @custom_op("reed_image::mlp_gelu_fwd", mutates_args=())
 def _mlp_gelu_fwd(
-    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(y, pre, act)`` for rows ``x [M, D]``; all in ``x``'s dtype."""
+    """``(y, pre, act)`` for rows ``x [M, D]``; all in ``x``'s dtype. ``b2`` None: no fc2 bias."""
     with torch.autocast(x.device.type, enabled=False):  # the references' float32 stays float32
         if cublaslt_path_available(x, w1):
             act, pre = cublaslt.linear_gelu_aux(x, w1, b1)
-            if GEMMS == "cublaslt":
-                y, _ = cublaslt.matmul(act, w2.t(), bias=b2)
-            else:
-                y = torch.addmm(b2, act, w2.t())
         else:
             act, pre = linear_gelu_aux_reference(x, w1, b1)
-            y = torch.addmm(b2, act, w2.t())
+        if cublaslt_path_available(x, w1) and GEMMS == "cublaslt":
+            y, _ = cublaslt.matmul(act, w2.t(), bias=b2)
+        else:
+            y = act @ w2.t() if b2 is None else torch.addmm(b2, act, w2.t())
     return y, pre, act
 
 
@@ -180,20 +179,25 @@ def _mlp_gelu_bwd(
     w2: torch.Tensor,
     pre: torch.Tensor,
     act: torch.Tensor,
+    need_db2: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dx, dw1, db1, dw2, db2)`` from ``dy [M, D]``; each in its input's dtype."""
+    """``(dx, dw1, db1, dw2, db2)`` from ``dy [M, D]``; each in its input's dtype (``db2`` empty
+    unless ``need_db2``)."""
     dy = dy.contiguous()
     with torch.autocast(dy.device.type, enabled=False):
         if cublaslt_path_available(x, w1) and GEMMS == "cublaslt" and x.shape[0] % 8 == 0:
             # (rows are the reduction of the weight-gradient GEMMs: a leading dimension there)
             # every GEMM autotuned; the bias gradients summed in the weight-gradient GEMMs' epilogues
-            dw2, db2 = cublaslt.matmul(dy.t(), act, sum_a=True)
+            dw2, db2 = cublaslt.matmul(dy.t(), act, sum_a=need_db2)
             dpre, _ = cublaslt.matmul_dgelu_bgrad(dy, w2, pre, bias_grad="none")
             dw1, db1 = cublaslt.matmul(dpre.t(), x, sum_a=True)
             dx, _ = cublaslt.matmul(dpre, w1)
-            return dx, dw1, db1, dw2, db2
+            return dx, dw1, db1, dw2, db2 if need_db2 else dy.new_empty(0)
         dw2 = dy.t() @ act
-        db2 = dy.sum(dim=0, dtype=torch.promote_types(dy.dtype, torch.float32)).to(dy.dtype)
+        if need_db2:
+            db2 = dy.sum(dim=0, dtype=torch.promote_types(dy.dtype, torch.float32)).to(dy.dtype)
+        else:
+            db2 = dy.new_empty(0)
         if cublaslt_path_available(x, w1):
             dpre, db1 = cublaslt.matmul_dgelu_bgrad(dy, w2, pre)
         else:
@@ -204,27 +208,29 @@ def _mlp_gelu_bwd(
 
 
 @register_fake("reed_image::mlp_gelu_bwd")
-def _mlp_gelu_bwd_fake(dy, x, w1, w2, pre, act):
+def _mlp_gelu_bwd_fake(dy, x, w1, w2, pre, act, need_db2=True):
     return (
         x.new_empty(x.shape),
         w1.new_empty(w1.shape),
         w1.new_empty((w1.shape[0],)),
         w2.new_empty(w2.shape),
-        w2.new_empty((w2.shape[0],)),
+        w2.new_empty((w2.shape[0],) if need_db2 else (0,)),
     )
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w1, _, w2, _ = inputs
+    x, w1, _, w2, b2 = inputs
     _, pre, act = output
     ctx.save_for_backward(x, w1, w2, pre, act)
+    ctx.has_b2 = b2 is not None
     ctx.set_materialize_grads(False)  # no zero [M, F] gradients for pre and act, which nothing uses
 
 
 def _backward(ctx, dy, _dpre, _dact):
     # pre and act are outputs only for the backward: the Python wrapper returns y alone
     x, w1, w2, pre, act = ctx.saved_tensors
-    return torch.ops.reed_image.mlp_gelu_bwd(dy, x, w1, w2, pre, act)
+    dx, dw1, db1, dw2, db2 = torch.ops.reed_image.mlp_gelu_bwd(dy, x, w1, w2, pre, act, ctx.has_b2)
+    return dx, dw1, db1, dw2, (db2 if ctx.has_b2 else None)
 
 
 register_autograd("reed_image::mlp_gelu_fwd", _backward, setup_context=_setup_context)
@@ -236,16 +242,18 @@ def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def mlp_gelu(
-    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor | None
 ) -> torch.Tensor:
     """``fc2(gelu_tanh(fc1(x)))`` = ``F.linear(gelu_tanh(F.linear(x, w1, b1)), w2, b2)``, fused.
 
-    ``x [..., D]``, ``w1 [F, D]``, ``b1 [F]``, ``w2 [D, F]``, ``b2 [D]``; returns ``[..., D]``.
+    ``x [..., D]``, ``w1 [F, D]``, ``b1 [F]``, ``w2 [D, F]``, ``b2 [D]`` (or None: fc2 without
+    its bias, which the caller adds, e.g. in the fused adaLN kernel); returns ``[..., D]``.
     Under autocast (for ``x``'s device) every argument is cast to the autocast dtype first.
     """
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
-        x, w1, b1, w2, b2 = (_autocast(t, dtype) for t in (x, w1, b1, w2, b2))
+        x, w1, b1, w2 = (_autocast(t, dtype) for t in (x, w1, b1, w2))
+        b2 = None if b2 is None else _autocast(b2, dtype)
     _check(x, w1, b1, w2, b2)
     rows = x.reshape(-1, x.shape[-1])
     y, _, _ = torch.ops.reed_image.mlp_gelu_fwd(rows, w1, b1, w2, b2)

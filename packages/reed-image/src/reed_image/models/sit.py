@@ -195,14 +195,16 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, proj_bias: bool = True) -> torch.Tensor:
+        """``proj_bias=False`` leaves out ``proj``'s bias (the caller adds it: ``deferred_bias``)."""
         B, N, C = x.shape
+        proj = self.proj if proj_bias else (lambda out: F.linear(out, self.proj.weight))
         if self.packed:
             qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
             if self.qk_norm:
                 q, k, v = qkv.unbind(2)
                 qkv = torch.stack((self.q_norm(q), self.k_norm(k), v), dim=2)
-            return self.proj(packed_attention(qkv).reshape(B, N, C))
+            return proj(packed_attention(qkv).reshape(B, N, C))
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, nh, N, hs)
         q, k = self.q_norm(q), self.k_norm(k)
@@ -211,7 +213,7 @@ class Attention(nn.Module):
         else:
             with sdpa_kernel(self.backends, set_priority=True):
                 x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return proj(x.transpose(1, 2).reshape(B, N, C))
 
 
 class Mlp(nn.Module):
@@ -236,12 +238,22 @@ class Mlp(nn.Module):
         self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fc2_bias: bool = True) -> torch.Tensor:
+        """``fc2_bias=False`` leaves out ``fc2``'s bias (the caller adds it: ``deferred_bias``)."""
+        fc2 = self.fc2 if fc2_bias else (lambda act: F.linear(act, self.fc2.weight))
         if self.fused_mlp and type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear:
-            return mlp_gelu(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+            b2 = self.fc2.bias if fc2_bias else None
+            return mlp_gelu(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, b2)
         if self.fused_gelu and type(self.fc1) is nn.Linear:
-            return self.fc2(bias_gelu(F.linear(x, self.fc1.weight), self.fc1.bias))
-        return self.fc2(self.act(self.fc1(x)))
+            return fc2(bias_gelu(F.linear(x, self.fc1.weight), self.fc1.bias))
+        return fc2(self.act(self.fc1(x)))
+
+
+def deferred_bias(linear: nn.Module) -> torch.Tensor | None:
+    """The bias of a branch's last Linear that the fused adaLN kernel can add in its place (the
+    bias gradient then comes from the kernel's backward pass, not from one more read of the branch
+    gradient); None for a converted layer (FP8) or one without a bias, which keeps its own."""
+    return linear.bias if type(linear) is nn.Linear else None
 
 
 class SiTBlock(nn.Module):
@@ -289,14 +301,20 @@ class SiTBlock(nn.Module):
             D = x.shape[-1]
             next_modulation = F.linear(F.silu(c), *next_adaln)  # (B, 6D), or (B, 2D) for the final layer
             _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
-            x, h = add_norm_modulate(x, self.attn(h), gate_msa, shift_mlp, scale_mlp, out_dtype=h.dtype)
+            # proj's and fc2's biases are added in the kernels, before the gates (deferred_bias)
+            proj_bias, fc2_bias = deferred_bias(self.attn.proj), deferred_bias(self.mlp.fc2)
+            attn = self.attn(h, proj_bias=proj_bias is None)
+            x, h = add_norm_modulate(
+                x, attn, gate_msa, shift_mlp, scale_mlp, out_dtype=h.dtype, bias=proj_bias
+            )
             x, h = add_norm_modulate(
                 x,
-                self.mlp(h),
+                self.mlp(h, fc2_bias=fc2_bias is None),
                 gate_mlp,
                 next_modulation[:, :D],
                 next_modulation[:, D : 2 * D],
                 out_dtype=h.dtype,
+                bias=fc2_bias,
             )
             return x, h, next_modulation
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
