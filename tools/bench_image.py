@@ -33,6 +33,7 @@ from reed_core.features import FeatureStoreWriter
 from reed_core.float8 import FLOAT8_RECIPES
 from reed_core.train import FUSED_UPDATE, PARAM_DTYPES, Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
+from reed_image.models import fused_mlp, sit
 from reed_image.models.sit import ATTENTION_CHOICES, SiTConfig
 
 
@@ -149,6 +150,22 @@ def main() -> None:
         help="record the whole step (forward, backward, update) as one CUDA graph (train.cuda_graph)",
     )
     p.add_argument(
+        "--ema-overlap",
+        action="store_true",
+        help="the EMA step one step late, on a side stream beside forward/backward (train.ema_overlap)",
+    )
+    p.add_argument(
+        "--fc1-bias-grad",
+        default="epilogue",
+        choices=("epilogue", "gemv"),
+        help="fused_mlp: fc1's bias gradient in the dW1 GEMM's epilogue or by a gemv (FC1_BIAS_GRAD)",
+    )
+    p.add_argument(
+        "--no-deferred-biases",
+        action="store_true",
+        help="keep proj's and fc2's biases in their GEMMs (sit.DEFER_BRANCH_BIASES off; fused_adaln)",
+    )
+    p.add_argument(
         "--inductor",
         action="append",
         default=[],
@@ -165,6 +182,8 @@ def main() -> None:
         help="after timing, profile 5 more steps and write the kernel table (by GPU time) here",
     )
     args = p.parse_args()
+    sit.DEFER_BRANCH_BIASES = not args.no_deferred_biases
+    fused_mlp.FC1_BIAS_GRAD = args.fc1_bias_grad
     device = torch.device(args.device)
     inductor = {}
     for item in args.inductor:
@@ -221,6 +240,7 @@ def main() -> None:
                 float8=args.float8,
                 param_dtype=args.param_dtype,
                 cuda_graph=args.cuda_graph,
+                ema_overlap=args.ema_overlap,
                 device=args.device,
                 steps=10**9,
                 progress_bar=False,
@@ -267,6 +287,9 @@ def main() -> None:
         "fused_adaln": args.fused_adaln,
         "fused_gelu": args.fused_gelu,
         "fused_mlp": args.fused_mlp,
+        "deferred_biases": sit.DEFER_BRANCH_BIASES,
+        "fc1_bias_grad": fused_mlp.FC1_BIAS_GRAD,
+        "ema_overlap": args.ema_overlap,
         "float8": args.float8,
         "float8_layers": len(trainer.float8_layers),
         "param_dtype": args.param_dtype,

@@ -21,7 +21,11 @@
 #   g3  g2 + bf16 parameters with float32 masters in the fused update (train.param_dtype)
 #   s1  g1 + bf16 parameters + the whole step as one CUDA graph (train.cuda_graph)
 #   m1  s1 with the MLP's GELU in cuBLASLt GEMM epilogues (model.fused_mlp) in place of fused_gelu
-#   p1  m1 + FlashAttention-4 on the packed qkv (model.attention=fa4; needs flash-attn-4)
+#   p1  m1 + packed attention: cuDNN forward, FlashAttention-4 backward writing the qkv gradient
+#       (model.attention=fa4; needs flash-attn-4)
+#   m0, p0  m1, p1 with proj's and fc2's biases in their GEMMs, not in the adaLN kernels
+#   p2  p1 + the EMA step one step late on a side stream (train.ema_overlap)
+#   pg  p1 with fc1's bias gradient by a gemv in place of the BGRADB epilogue
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -88,6 +92,13 @@ for v in $VARIANTS; do
         s1) bench s1 --fused-update on --fused-adaln --fused-gelu --param-dtype bfloat16 --cuda-graph ;;
         m1) bench m1 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph ;;
         p1) bench p1 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 ;;
+        p0) bench p0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --no-deferred-biases ;;
+        p2) bench p2 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --ema-overlap ;;
+        pg) bench pg --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --fc1-bias-grad gemv ;;
+        m0) bench m0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --no-deferred-biases ;;
         *) echo "unknown variant $v" ;;
     esac
 done

@@ -181,3 +181,19 @@ def test_recorded_steps_resume_exactly(tmp_path):
     resumed = run(toy(tmp_path / "b", 8, "cuda", cuda_graph=True, cuda_graph_warmup=1))
     assert resumed[0].graphed_step.captures == 1
     assert_same_run(straight, resumed, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_recorded_steps_with_the_ema_on_a_side_stream(tmp_path, param_dtype):
+    """train.ema_overlap inside the recorded step (the late EMA step forked onto a side stream and
+    joined before the update) trains as the eager in-pass EMA does; a resumed run is exact."""
+    eager = run(toy(tmp_path / "eager", 9, "cuda", param_dtype=param_dtype))
+    late = dict(param_dtype=param_dtype, cuda_graph=True, cuda_graph_warmup=2, ema_overlap=True)
+    graphed = run(toy(tmp_path / "graph", 9, "cuda", **late))
+    assert graphed[0]._ema_stream is not None and graphed[0].graphed_step.replays == 9 - 3
+    assert_same_run(eager, graphed)
+    run(toy(tmp_path / "resumed", 5, "cuda", **late))  # checkpoints at 3 and 5
+    resumed = run(toy(tmp_path / "resumed", 9, "cuda", **late))
+    for pa, pb in zip(graphed[0].ema.parameters(), resumed[0].ema.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=0, atol=0)

@@ -256,3 +256,24 @@ def test_param_dtype_config_errors_name_the_field(tmp_path):
         tiny(tmp_path, 1, param_dtype="bfloat16", precision="fp32")
     with pytest.raises(ValueError, match="train.param_dtype=bfloat16 needs bf16 autocast"):
         fit(tiny(tmp_path, 1, param_dtype="bfloat16", device="cpu"))  # auto precision: fp32 on a CPU
+
+
+def test_ema_overlap_trains_the_same_model_and_ema_and_resumes_exactly(tmp_path):
+    """train.ema_overlap (the EMA step one step late; in line on the CPU) against the in-pass EMA:
+    the same parameters and EMA after fit() (flushed), and a resumed run equals a straight one."""
+    plain = fit(tiny(tmp_path / "plain", 6, fused_update="on"))
+    plain.fit()
+    straight = fit(tiny(tmp_path / "late", 6, ema_overlap=True))
+    assert straight.fused_update is not None and straight.fused_update.defer_ema
+    straight.fit()
+    for pa, pb in zip(plain.model.parameters(), straight.model.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=0, atol=0)
+    for pa, pb in zip(plain.ema.parameters(), straight.ema.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=0, atol=0)
+    fit(tiny(tmp_path / "resumed", 4, ema_overlap=True)).fit()  # checkpoints at 3 and 4
+    resumed = fit(tiny(tmp_path / "resumed", 6, ema_overlap=True))
+    resumed.fit()
+    for pa, pb in zip(straight.ema.parameters(), resumed.ema.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="train.ema_overlap needs the fused update"):
+        tiny(tmp_path / "x", 2, ema_overlap=True, fused_update="off").train.__post_init__()

@@ -298,12 +298,14 @@ def test_triton_cuda_opcheck():
 def test_torch_compile_keeps_the_fused_kernels():
     from torch._inductor.utils import run_and_get_code
 
-    def step(*tensors):
+    def step(x, branch, gate, shift, scale, bias):
         with torch.autocast("cuda", dtype=torch.bfloat16):  # autocast must leave the custom ops alone
-            return add_norm_modulate(*tensors, out_dtype=torch.bfloat16)
+            return add_norm_modulate(x, branch, gate, shift, scale, out_dtype=torch.bfloat16, bias=bias)
 
     compiled = torch.compile(step, fullgraph=True)
-    ratios, sources = run_and_get_code(kernel_error_ratios, (4, 64, 1152), "gated", True, "cuda", 0, compiled)
+    ratios, sources = run_and_get_code(
+        kernel_error_ratios, (4, 64, 1152), "biased", True, "cuda", 0, compiled
+    )
     assert all(r <= 1.0 for r in ratios.values()), ratios
     generated = "\n".join(sources)
     assert "_add_norm_modulate_fwd_kernel" in generated and "_add_norm_modulate_bwd_kernel" in generated

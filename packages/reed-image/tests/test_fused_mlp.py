@@ -480,3 +480,17 @@ def test_op_without_fc2_bias_leaves_it_to_the_caller(device):
     torch.testing.assert_close(y + fused.fc2.bias, with_bias[0], **tol)
     for got, want in zip(grads, with_bias[1:5], strict=True):
         torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.gpu
+def test_cuda_fc1_bias_gradient_by_gemv_matches_the_epilogue(monkeypatch):
+    _, fused = make_mlps(1152, 4608, dtype=torch.bfloat16, device="cuda")
+    x = torch.randn(2, 256, 1152, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn(2, 256, 1152, device="cuda", dtype=torch.bfloat16)
+    results = {}
+    for method in ("epilogue", "gemv"):
+        monkeypatch.setattr(fused_mlp, "FC1_BIAS_GRAD", method)
+        results[method] = value_and_grads(fused, x, dy)
+    for name, got, want in zip(NAMES, results["gemv"], results["epilogue"], strict=True):
+        scale = want.float().abs().max().item()
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * scale, msg=name)

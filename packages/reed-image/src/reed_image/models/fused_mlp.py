@@ -77,6 +77,10 @@ __all__ = [
 # the backward's other GEMMs on the cuBLASLt path: "cublaslt" (autotuned, bias gradients in the
 # weight-gradient GEMMs' epilogues) or "torch" (torch.mm, bias gradients by separate reductions)
 GEMMS = "cublaslt"
+# fc1's bias gradient (sum over rows of dpre) with GEMMS = "cublaslt": "epilogue" (BGRADB of the
+# dW1 GEMM; cuBLASLt runs it as a separate reduction kernel, about 81 us at SiT-XL/2 shapes on an
+# H100) or "gemv" (dpre^T 1 by cuBLAS)
+FC1_BIAS_GRAD = "epilogue"
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _KAPPA = 0.044715
@@ -189,8 +193,12 @@ def _mlp_gelu_bwd(
             # (rows are the reduction of the weight-gradient GEMMs: a leading dimension there)
             # every GEMM autotuned; the bias gradients summed in the weight-gradient GEMMs' epilogues
             dw2, db2 = cublaslt.matmul(dy.t(), act, sum_a=need_db2)
-            dpre, _ = cublaslt.matmul_dgelu_bgrad(dy, w2, pre, bias_grad="none")
-            dw1, db1 = cublaslt.matmul(dpre.t(), x, sum_a=True)
+            in_epilogue = FC1_BIAS_GRAD == "epilogue"
+            dpre, db1 = cublaslt.matmul_dgelu_bgrad(
+                dy, w2, pre, bias_grad="none" if in_epilogue else FC1_BIAS_GRAD
+            )
+            dw1, db1_epilogue = cublaslt.matmul(dpre.t(), x, sum_a=in_epilogue)
+            db1 = db1_epilogue if in_epilogue else db1
             dx, _ = cublaslt.matmul(dpre, w1)
             return dx, dw1, db1, dw2, db2 if need_db2 else dy.new_empty(0)
         dw2 = dy.t() @ act

@@ -249,11 +249,17 @@ class Mlp(nn.Module):
         return fc2(self.act(self.fc1(x)))
 
 
+# the chained fused_adaln blocks add proj's and fc2's biases in the adaLN kernels (deferred_bias);
+# False keeps them in the GEMMs (tools/bench_image.py --no-deferred-biases, for A/B timings)
+DEFER_BRANCH_BIASES = True
+
+
 def deferred_bias(linear: nn.Module) -> torch.Tensor | None:
     """The bias of a branch's last Linear that the fused adaLN kernel can add in its place (the
     bias gradient then comes from the kernel's backward pass, not from one more read of the branch
-    gradient); None for a converted layer (FP8) or one without a bias, which keeps its own."""
-    return linear.bias if type(linear) is nn.Linear else None
+    gradient); None for a converted layer (FP8) or one without a bias, which keeps its own, and
+    while ``DEFER_BRANCH_BIASES`` is off."""
+    return linear.bias if DEFER_BRANCH_BIASES and type(linear) is nn.Linear else None
 
 
 class SiTBlock(nn.Module):
