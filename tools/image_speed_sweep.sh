@@ -26,6 +26,7 @@
 #   m0, p0  m1, p1 with proj's and fc2's biases in their GEMMs, not in the adaLN kernels
 #   p2  p1 + the EMA step one step late on a side stream (train.ema_overlap)
 #   pg  p1 with fc1's bias gradient by a gemv in place of the BGRADB epilogue
+#   p3  p2 and pg together
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -98,6 +99,8 @@ for v in $VARIANTS; do
                 --ema-overlap ;;
         pg) bench pg --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --fc1-bias-grad gemv ;;
+        p3) bench p3 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --ema-overlap --fc1-bias-grad gemv ;;
         m0) bench m0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --no-deferred-biases ;;
         *) echo "unknown variant $v" ;;
     esac
