@@ -156,9 +156,10 @@ def main() -> None:
     )
     p.add_argument(
         "--fc1-bias-grad",
-        default="epilogue",
+        default=None,
         choices=("epilogue", "gemv"),
-        help="fused_mlp: fc1's bias gradient in the dW1 GEMM's epilogue or by a gemv (FC1_BIAS_GRAD)",
+        help="fused_mlp: fc1's bias gradient by a gemv or in the dW1 GEMM's epilogue (default: "
+        "fused_mlp.FC1_BIAS_GRAD)",
     )
     p.add_argument(
         "--no-deferred-biases",
@@ -183,7 +184,7 @@ def main() -> None:
     )
     args = p.parse_args()
     sit.DEFER_BRANCH_BIASES = not args.no_deferred_biases
-    fused_mlp.FC1_BIAS_GRAD = args.fc1_bias_grad
+    fused_mlp.FC1_BIAS_GRAD = args.fc1_bias_grad or fused_mlp.FC1_BIAS_GRAD
     device = torch.device(args.device)
     inductor = {}
     for item in args.inductor:

@@ -49,6 +49,14 @@ def label(name: str, result: dict) -> str:
         parts.append("CUDA graphs")
     if result.get("cuda_graph"):
         parts.append("step graph")
+    if result.get("attention") == "fa4":
+        parts.append("FA4 backward")
+    if result.get("fused_adaln") and result.get("deferred_biases") is False:
+        parts.append("biases in GEMMs")
+    if result.get("fused_mlp") and result.get("fc1_bias_grad"):
+        parts.append(f"fc1 db: {result['fc1_bias_grad']}")
+    if result.get("ema_overlap"):
+        parts.append("late EMA")
     return "\n".join(parts)
 
 

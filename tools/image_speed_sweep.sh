@@ -25,8 +25,7 @@
 #       (model.attention=fa4; needs flash-attn-4)
 #   m0, p0  m1, p1 with proj's and fc2's biases in their GEMMs, not in the adaLN kernels
 #   p2  p1 + the EMA step one step late on a side stream (train.ema_overlap)
-#   pg  p1 with fc1's bias gradient by a gemv in place of the BGRADB epilogue
-#   p3  p2 and pg together
+#   pe  p1 with fc1's bias gradient in the BGRADB epilogue (before 93f983e; now a gemv)
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -97,10 +96,8 @@ for v in $VARIANTS; do
                 --no-deferred-biases ;;
         p2) bench p2 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --ema-overlap ;;
-        pg) bench pg --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
-                --fc1-bias-grad gemv ;;
-        p3) bench p3 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
-                --ema-overlap --fc1-bias-grad gemv ;;
+        pe) bench pe --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --fc1-bias-grad epilogue ;;
         m0) bench m0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --no-deferred-biases ;;
         *) echo "unknown variant $v" ;;
     esac

@@ -77,10 +77,11 @@ __all__ = [
 # the backward's other GEMMs on the cuBLASLt path: "cublaslt" (autotuned, bias gradients in the
 # weight-gradient GEMMs' epilogues) or "torch" (torch.mm, bias gradients by separate reductions)
 GEMMS = "cublaslt"
-# fc1's bias gradient (sum over rows of dpre) with GEMMS = "cublaslt": "epilogue" (BGRADB of the
-# dW1 GEMM; cuBLASLt runs it as a separate reduction kernel, about 81 us at SiT-XL/2 shapes on an
-# H100) or "gemv" (dpre^T 1 by cuBLAS)
-FC1_BIAS_GRAD = "epilogue"
+# fc1's bias gradient (sum over rows of dpre) with GEMMS = "cublaslt": "gemv" (dpre^T 1 by cuBLAS)
+# or "epilogue" (BGRADB of the dW1 GEMM, which cuBLASLt runs as a separate reduction kernel of
+# about 81 us at SiT-XL/2 shapes on an H100); the gemv made the SiT-XL/2 step 0.4 ms shorter
+# (592.4 vs 590.2 images/s, one H100, docs/results/image.md)
+FC1_BIAS_GRAD = "gemv"
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _KAPPA = 0.044715
