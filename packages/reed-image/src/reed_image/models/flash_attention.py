@@ -52,7 +52,7 @@ __all__ = [
 INSTALL_HINT = "pip install 'reed-image[fa4]' (PyPI flash-attn-4)"
 # the forward's kernel on the GPU: "cudnn" (PyTorch's cuDNN attention, which also returns the
 # log-sum-exp the FlashAttention-4 backward reads) or "fa4"; SiT-XL/2 on an H100 (B 64, N 256,
-# head dim 72): cuDNN's forward took 89 us, FlashAttention-4's 159 us (its 192 x 144 tile) or about
+# head dim 72): cuDNN's forward took 89-93 us, FlashAttention-4's 159 us (its 192 x 144 tile) or about
 # 129 us (128 x 128); its backward 337 us against cuDNN's 370 us + 75 us of gradient stacking
 FORWARD = "cudnn"
 # FlashAttention-4's forward tile (tile_m, tile_n, P@V from registers); None keeps its own choice
