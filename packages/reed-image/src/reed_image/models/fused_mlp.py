@@ -42,19 +42,20 @@ counts), shows no clear gain: bfloat16 / float32 weights, the op 2.05 / 2.23 ms 
 2.11 / 2.41 ms compiled, the unfused MLP 2.08 / 2.14 eager and 2.12 / 2.27 compiled, ``fused_gelu``
 2.05 / 2.13 ms (run-to-run noise about 0.05 ms).
 
-On CUDA with bfloat16/float16 tensors and ``D``, ``F`` multiples of 8, the two GEMMs with
-epilogues run through ``models/cublaslt.py`` (ctypes: PyTorch does not expose these epilogues).
-With ``GEMMS = "cublaslt"`` (the default) and a row count that is a multiple of 8, so do the
-other four, autotuned (``cublaslt.matmul``): fc2's bias in its forward GEMM's epilogue, and the
-two bias gradients in the weight-gradient GEMMs' epilogues (BGRADB), in place of two separate
-reductions; MLP kernel time 1.71 ms compiled, against 1.79 ms with ``torch.mm``/``addmm`` for
-those four (``GEMMS = "torch"``; same H100, one process). Anywhere else (CPU, float32/float64, odd widths) the
-same ops run ``linear_gelu_aux_reference`` and ``matmul_dgelu_bgrad_reference`` (plain PyTorch,
-float32 arithmetic or float64). Both are ``torch.library.custom_op``s tied with
-``register_autograd``: ``torch.compile(fullgraph=True)`` keeps each as one opaque call. Custom ops
-are not autocast, so ``mlp_gelu`` casts ``x``, the weights and the biases to the autocast dtype
-itself when autocast is on for ``x``'s device (as ``F.linear`` would); gradients flow back through
-those casts to float32 parameters.
+On CUDA with bfloat16/float16 tensors and ``D``, ``F`` multiples of 8, the two GEMMs with epilogues
+run through ``models/cublaslt.py`` (ctypes: PyTorch does not expose these epilogues). With ``GEMMS
+= "cublaslt"`` (the default) and a row count that is a multiple of 8, so do the other four,
+autotuned (``cublaslt.matmul``): fc2's bias in its forward GEMM's epilogue, and the two bias
+gradients in the weight-gradient GEMMs' epilogues (BGRADB), in place of two separate reductions;
+MLP kernel time 1.71 ms compiled, against 1.79 ms with ``torch.mm``/``addmm`` for those four
+(``GEMMS = "torch"``; same H100, one process). fc1's bias gradient has since moved to a gemv
+(``FC1_BIAS_GRAD``), and fc2's bias may be left to the caller (``b2=None``). Anywhere else (CPU,
+float32/float64, odd widths) the same ops run ``linear_gelu_aux_reference`` and
+``matmul_dgelu_bgrad_reference`` (plain PyTorch, float32 arithmetic or float64). Both are
+``torch.library.custom_op``s tied with ``register_autograd``: ``torch.compile(fullgraph=True)``
+keeps each as one opaque call. Custom ops are not autocast, so ``mlp_gelu`` casts ``x``, the
+weights and the biases to the autocast dtype itself when autocast is on for ``x``'s device (as
+``F.linear`` would); gradients flow back through those casts to float32 parameters.
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def _mlp_gelu_bwd(
     with torch.autocast(dy.device.type, enabled=False):
         if cublaslt_path_available(x, w1) and GEMMS == "cublaslt" and x.shape[0] % 8 == 0:
             # (rows are the reduction of the weight-gradient GEMMs: a leading dimension there)
-            # every GEMM autotuned; the bias gradients summed in the weight-gradient GEMMs' epilogues
+            # every GEMM autotuned; db2 in the dW2 GEMM's epilogue, db1 as FC1_BIAS_GRAD says
             dw2, db2 = cublaslt.matmul(dy.t(), act, sum_a=need_db2)
             in_epilogue = FC1_BIAS_GRAD == "epilogue"
             dpre, db1 = cublaslt.matmul_dgelu_bgrad(
