@@ -43,8 +43,8 @@ counts), shows no clear gain: bfloat16 / float32 weights, the op 2.05 / 2.23 ms 
 2.05 / 2.13 ms (run-to-run noise about 0.05 ms).
 
 On CUDA with bfloat16/float16 tensors and ``D``, ``F`` multiples of 8, the two GEMMs with epilogues
-run through ``models/cublaslt.py`` (ctypes: PyTorch does not expose these epilogues). With ``GEMMS
-= "cublaslt"`` (the default) and a row count that is a multiple of 8, so do the other four,
+run through ``models/cublaslt.py`` (ctypes: PyTorch does not expose these epilogues). With
+``GEMMS = "cublaslt"`` (the default) and a row count that is a multiple of 8, so do the other four,
 autotuned (``cublaslt.matmul``): fc2's bias in its forward GEMM's epilogue, and the two bias
 gradients in the weight-gradient GEMMs' epilogues (BGRADB), in place of two separate reductions;
 MLP kernel time 1.71 ms compiled, against 1.79 ms with ``torch.mm``/``addmm`` for those four
