@@ -11,7 +11,8 @@ directly. Prints, per backend, ms and TFLOP/s (4 N^2 d per head forward, 2.5x th
 one forward + backward (recorded once as a CUDA graph and replayed ``--reps`` times between two
 CUDA events: GPU time alone, as a graphed training step pays it; median of 5 such groups), and
 the max abs difference of the output and of the QKV gradient from a float32 reference; pick one
-with ``model.attention=<backend>``.
+with ``model.attention=<backend>``. The timed step includes the qkv Linear's bias gradient (fa4
+forms it inside its backward, the others by a sum of the qkv gradient; ``--no-bias`` leaves it out).
 """
 
 from __future__ import annotations
@@ -35,27 +36,34 @@ BACKENDS = {
 }
 
 
-def attend(backend: str, qkv: torch.Tensor, heads: int) -> torch.Tensor:
-    """SiT's attention of ``qkv [B, N, 3 D]`` -> ``[B, N, H, d]`` through ``backend``."""
+def attend(backend: str, qkv: torch.Tensor, heads: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """SiT's attention of ``qkv [B, N, 3 D]`` -> ``[B, N, H, d]`` through ``backend``; with ``bias``
+    (fa4) the op also forms the qkv bias gradient."""
     B, N, _ = qkv.shape
     packed = qkv.view(B, N, 3, heads, -1)
     if backend == "fa4":
-        return packed_attention(packed)
+        return packed_attention(packed, bias)
     q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)
     with sdpa_kernel(BACKENDS[backend]):
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
 
 
-def time_backend(backend: str, qkv: torch.Tensor, heads: int, reps: int) -> float:
+def time_backend(backend: str, qkv: torch.Tensor, heads: int, reps: int, bias: bool) -> float:
     """Median over 5 groups of ``reps`` replays of one forward + backward recorded as a CUDA graph:
-    GPU time alone (what a graphed training step pays), in ms per forward + backward."""
+    GPU time alone (what a graphed training step pays), in ms per forward + backward. With ``bias``
+    the step also forms the qkv Linear's bias gradient: fa4 in its backward, the others as autograd
+    does for a Linear (a sum of the qkv gradient over tokens)."""
     grad = torch.randn(
         *qkv.shape[:2], heads, qkv.shape[-1] // (3 * heads), device=qkv.device, dtype=qkv.dtype
     )
+    qkv_bias = torch.zeros(qkv.shape[-1], device=qkv.device, requires_grad=True) if bias else None
+    folded = qkv_bias is not None and backend == "fa4"
 
     def run() -> None:
         qkv.grad = None
-        attend(backend, qkv, heads).backward(grad)
+        attend(backend, qkv, heads, qkv_bias if folded else None).backward(grad)
+        if qkv_bias is not None and not folded:
+            qkv_bias.grad = qkv.grad.sum((0, 1), dtype=torch.float32)
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -110,6 +118,20 @@ def main() -> None:
         "e.g. auto,128x128,128x128:smem (tile_m x tile_n, auto: its choice; :smem keeps P in shared "
         "memory for P@V, else registers)",
     )
+    p.add_argument(
+        "--fa4-backward-configs",
+        default="",
+        help="also time fa4 with these changes to FlashAttention-4's backward configuration: a JSON "
+        'list of dicts of BwdConfig fields, e.g. \'[{"m_block_size": 128, "AtomLayoutMdQ": 2, '
+        '"dQ_single_wg": false}]\'',
+    )
+    p.add_argument(
+        "--fa4-prepost",
+        default="triton",
+        help="comma-separated PREPOST settings to time fa4 under: triton (with the qkv bias gradient "
+        "folded in), fa4 (FlashAttention-4's own passes)",
+    )
+    p.add_argument("--no-bias", action="store_true", help="time attention without the qkv bias gradient")
     args = p.parse_args()
     qkv = torch.randn(
         args.batch, args.tokens, 3 * args.dim, device="cuda", dtype=torch.bfloat16, requires_grad=True
@@ -121,18 +143,35 @@ def main() -> None:
         tile, _, smem = spec.partition(":")
         tile_m, tile_n = (int(n) for n in tile.split("x")) if tile != "auto" else (0, 0)
         runs.append((f"fa4@{spec}", (tile_m, tile_n, smem != "smem") if tile_m else None))
+    # fa4 variants: (name, forward tile or None, backward config changes or None, PREPOST)
+    prepost_modes = args.fa4_prepost.split(",")
+    runs = [
+        (name, tile, None, prepost_modes[0]) if name.startswith("fa4") else (name, tile, None, None)
+        for name, tile in runs
+    ]
+    if "fa4" in args.backends.split(","):
+        runs += [(f"fa4/prepost={mode}", None, None, mode) for mode in prepost_modes[1:]]
+    for i, config in enumerate(json.loads(args.fa4_backward_configs or "[]")):
+        runs.append((f"fa4/bwd{i}", None, config, prepost_modes[0]))
     default_forward, default_tile = flash_attention.FORWARD, flash_attention.FORWARD_TILE
-    for name, tile in runs:
+    default_prepost = flash_attention.PREPOST
+    for name, tile, config, prepost in runs:
         flash_attention.FORWARD = "fa4" if "@" in name else default_forward
         flash_attention.FORWARD_TILE = tile if "@" in name else default_tile
+        flash_attention.BACKWARD_CONFIG = config
+        flash_attention.PREPOST = prepost or default_prepost
+        backend = name.partition("@")[0].partition("/")[0]
         try:
-            ms = time_backend(name.partition("@")[0], qkv, args.heads, args.reps)
-            accuracy = errors(name.partition("@")[0], qkv, args.heads)
+            ms = time_backend(backend, qkv, args.heads, args.reps, bias=not args.no_bias)
+            accuracy = errors(backend, qkv, args.heads)
         except Exception as err:  # noqa: BLE001 (a config the kernels refuse is a result too)
             results[name] = {"error": str(err).splitlines()[0][:120] if str(err) else type(err).__name__}
             continue
         results[name] = {"fwd_bwd_ms": round(ms, 3), "TFLOP_per_s": round(flops / ms / 1e9, 1), **accuracy}
+        if config is not None:
+            results[name]["backward_config"] = config
     flash_attention.FORWARD, flash_attention.FORWARD_TILE = default_forward, default_tile
+    flash_attention.BACKWARD_CONFIG, flash_attention.PREPOST = None, default_prepost
     print(json.dumps({"shape": vars(args), "device": torch.cuda.get_device_name(), **results}, indent=1))
 
 

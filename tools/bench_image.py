@@ -33,7 +33,7 @@ from reed_core.features import FeatureStoreWriter
 from reed_core.float8 import FLOAT8_RECIPES
 from reed_core.train import FUSED_UPDATE, PARAM_DTYPES, Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
-from reed_image.models import fused_mlp, sit
+from reed_image.models import flash_attention, fused_mlp, sit
 from reed_image.models.sit import ATTENTION_CHOICES, SiTConfig
 
 
@@ -167,6 +167,25 @@ def main() -> None:
         help="keep proj's and fc2's biases in their GEMMs (sit.DEFER_BRANCH_BIASES off; fused_adaln)",
     )
     p.add_argument(
+        "--no-fold-qkv-bias",
+        action="store_true",
+        help="attention fa4: the qkv bias gradient by autograd's reduction, not from the attention "
+        "backward (sit.FOLD_QKV_BIAS_GRAD off)",
+    )
+    p.add_argument(
+        "--fa4-prepost",
+        default=None,
+        choices=("triton", "fa4"),
+        help="attention fa4: the backward's pre/postprocess (default: flash_attention.PREPOST)",
+    )
+    p.add_argument(
+        "--fa4-backward-config",
+        default=None,
+        metavar="JSON",
+        help="attention fa4: changes to FlashAttention-4's backward configuration, a JSON dict of "
+        "BwdConfig fields (flash_attention.BACKWARD_CONFIG)",
+    )
+    p.add_argument(
         "--inductor",
         action="append",
         default=[],
@@ -184,6 +203,10 @@ def main() -> None:
     )
     args = p.parse_args()
     sit.DEFER_BRANCH_BIASES = not args.no_deferred_biases
+    sit.FOLD_QKV_BIAS_GRAD = not args.no_fold_qkv_bias
+    flash_attention.PREPOST = args.fa4_prepost or flash_attention.PREPOST
+    if args.fa4_backward_config:
+        flash_attention.BACKWARD_CONFIG = json.loads(args.fa4_backward_config)
     fused_mlp.FC1_BIAS_GRAD = args.fc1_bias_grad or fused_mlp.FC1_BIAS_GRAD
     device = torch.device(args.device)
     inductor = {}
@@ -289,6 +312,9 @@ def main() -> None:
         "fused_gelu": args.fused_gelu,
         "fused_mlp": args.fused_mlp,
         "deferred_biases": sit.DEFER_BRANCH_BIASES,
+        "fold_qkv_bias_grad": sit.FOLD_QKV_BIAS_GRAD,
+        "fa4_prepost": flash_attention.PREPOST,
+        "fa4_backward_config": flash_attention.BACKWARD_CONFIG,
         "fc1_bias_grad": fused_mlp.FC1_BIAS_GRAD,
         "ema_overlap": args.ema_overlap,
         "float8": args.float8,

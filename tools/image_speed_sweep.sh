@@ -26,6 +26,9 @@
 #   m0, p0  m1, p1 with proj's and fc2's biases in their GEMMs, not in the adaLN kernels
 #   p2  p1 + the EMA step one step late on a side stream (train.ema_overlap)
 #   pe  p1 with fc1's bias gradient in the BGRADB epilogue (before 93f983e; now a gemv)
+#   pq  p1 with FlashAttention-4's own backward pre/postprocess and autograd's qkv bias reduction
+#       (p1 as of 968ad96); pt  p1 with the Triton pre/postprocess but autograd's qkv bias reduction
+#   pb  p1 with changes to FlashAttention-4's backward configuration: FA4_BWD_CONFIG (a JSON dict)
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -98,6 +101,12 @@ for v in $VARIANTS; do
                 --ema-overlap ;;
         pe) bench pe --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --fc1-bias-grad epilogue ;;
+        pq) bench pq --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --fa4-prepost fa4 --no-fold-qkv-bias ;;
+        pt) bench pt --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --no-fold-qkv-bias ;;
+        pb) bench pb --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --fa4-backward-config "${FA4_BWD_CONFIG:-{\}}" ;;
         m0) bench m0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --no-deferred-biases ;;
         *) echo "unknown variant $v" ;;
     esac

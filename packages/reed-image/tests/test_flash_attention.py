@@ -2,7 +2,8 @@
 
 On the CPU the op runs its float32 reference: value and the packed ``qkv`` gradient are checked
 against SDPA's (float64 inputs), with ``opcheck``, ``torch.compile(fullgraph=True)``, and a whole
-SiT (with and without qk-norm) against the same weights through SDPA. The CUDA tests (skipped
+SiT (with and without qk-norm) against the same weights through SDPA; the qkv bias gradient the op
+returns (``bias=``) against autograd through the Linear. The CUDA tests (skipped
 without a GPU, and where FlashAttention-4 is not installed) run the kernels at SiT-XL/2's head
 dimension 72 in bfloat16 against the float32 reference, under compile and CUDA-graph capture.
 """
@@ -19,6 +20,7 @@ from reed_image.models.flash_attention import (
     attention_reference,
     flash_attention_available,
     packed_attention,
+    qkv_bias_grad_reference,
 )
 from reed_image.models.sit import SiT, SiTConfig
 
@@ -88,11 +90,67 @@ def test_opcheck_and_fullgraph_compile():
         torch.testing.assert_close(g, w)
 
 
+def linear_then_attention(folded: bool, x, weight, bias, heads: int):
+    """SiT's qkv Linear + attention: plain autograd through SDPA, or the bias folded into the op."""
+    batch, tokens, dim = x.shape
+    if folded:
+        qkv = F.linear(x, weight, bias.detach()).view(batch, tokens, 3, heads, dim // heads)
+        return packed_attention(qkv, bias)
+    return sdpa(F.linear(x, weight, bias).view(batch, tokens, 3, heads, dim // heads))
+
+
+def test_bias_gradient_from_the_op_equals_autograd_through_the_linear():
+    """db_q = sum dq, db_k = 0, db_v = sum do: the gradients of x, W and b all match plain autograd."""
+    g = torch.Generator().manual_seed(3)
+    batch, tokens, heads, dim = 2, 24, 3, 24
+    x = torch.randn(batch, tokens, dim, generator=g, dtype=torch.float64)
+    weight = 0.3 * torch.randn(3 * dim, dim, generator=g, dtype=torch.float64)
+    bias = torch.randn(3 * dim, generator=g, dtype=torch.float64)
+    dout = torch.randn(batch, tokens, heads, dim // heads, generator=g, dtype=torch.float64)
+    results = []
+    for folded in (False, True):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+        out = linear_then_attention(folded, *leaves, heads)
+        results.append((out, *torch.autograd.grad(out, leaves, dout)))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    db_k = results[1][3][dim : 2 * dim]
+    assert (db_k == 0).all() and results[0][3][dim : 2 * dim].abs().max() < 1e-10
+    assert results[1][3][2 * dim :].abs().min() > 0  # the value slot is not vacuous
+
+
+def test_opcheck_and_compile_with_bias():
+    qkv, dout = random_qkv(dtype=torch.float32)
+    bias = torch.randn(3 * qkv.shape[3] * qkv.shape[4])
+    torch.library.opcheck(
+        torch.ops.reed_image.packed_attention_fwd.default,
+        (qkv.clone().requires_grad_(), bias.clone().requires_grad_()),
+        raise_exception=True,
+    )
+    out, lse = attention_reference(qkv)
+    torch.library.opcheck(
+        torch.ops.reed_image.packed_attention_bwd.default, (dout, qkv, out, lse, True), raise_exception=True
+    )
+    dqkv, dbias = torch.ops.reed_image.packed_attention_bwd(dout, qkv, out, lse, True)
+    torch.testing.assert_close(dbias, qkv_bias_grad_reference(dqkv[:, :, 0], dout))
+
+    def attention_sum(qkv, bias):
+        return packed_attention(qkv, bias).square().sum()
+
+    compiled = torch.compile(attention_sum, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(qkv.requires_grad_(), bias.requires_grad_()), (qkv, bias))
+    want = torch.autograd.grad(attention_sum(qkv, bias), (qkv, bias))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
 def test_bad_layout_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\[B, N, 3, H, d\]"):
         packed_attention(torch.zeros(2, 4, 2, 3, 8))
     with pytest.raises(ValueError, match="contiguous"):
         packed_attention(torch.zeros(2, 4, 3, 8, 3).transpose(-1, -2))
+    with pytest.raises(ValueError, match=r"bias must be \[3 \* H \* d\] = \[72\]"):
+        packed_attention(torch.zeros(2, 4, 3, 3, 8), torch.zeros(24))
 
 
 @pytest.mark.parametrize("qk_norm,fused_adaln", [(False, False), (True, False), (False, True)])
@@ -183,19 +241,89 @@ def test_kernels_under_compile_and_cuda_graph_capture():
         torch.testing.assert_close(g, w, rtol=0, atol=0)
 
     static_qkv = qkv.detach().clone().requires_grad_()
+    bias = torch.randn(3 * 4 * 72, device="cuda", requires_grad=True)  # the Triton pre/postprocess too
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(2):  # warm-up off the capture (kernel compilation, workspaces)
-            torch.autograd.grad(packed_attention(static_qkv), static_qkv, dout)
+            torch.autograd.grad(packed_attention(static_qkv, bias), (static_qkv, bias), dout)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_out = packed_attention(static_qkv)
-        (static_dqkv,) = torch.autograd.grad(static_out, static_qkv, dout)
+        static_out = packed_attention(static_qkv, bias)
+        static_dqkv, static_dbias = torch.autograd.grad(static_out, (static_qkv, bias), dout)
     fresh = torch.randn_like(qkv)
     static_qkv.data.copy_(fresh)
     graph.replay()
-    want_out, want_dqkv = value_and_grad(packed_attention, fresh, dout)
+    fresh.requires_grad_()
+    want_out = packed_attention(fresh, bias)
+    want_dqkv, want_dbias = torch.autograd.grad(want_out, (fresh, bias), dout)
     torch.testing.assert_close(static_out, want_out, rtol=0, atol=0)
     torch.testing.assert_close(static_dqkv, want_dqkv, rtol=0, atol=0)
+    torch.testing.assert_close(static_dbias, want_dbias, rtol=0, atol=0)
+
+
+def round_up(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple
+
+
+@pytest.mark.gpu
+@needs_fa4
+@pytest.mark.parametrize("head_dim", [72, 64, 40])
+def test_triton_postprocess_reads_flash_attention_4s_accumulator(head_dim):
+    """``attention_prepost``'s postprocess and FlashAttention-4's turn one accumulator into the same dq."""
+    from reed_image.models.attention_prepost import attention_bwd_postprocess, colsum_buffer
+
+    interface = flash_attention._flash_interface()
+    cfg = interface._tile_size_bwd_sm90(head_dim, head_dim, False, False)
+    tile_m = cfg.m_block_size
+    batch, tokens, heads = 2, 2 * tile_m, 3
+    accum = torch.randn(batch, heads, tokens * round_up(head_dim, 32), device="cuda")
+    scale = head_dim**-0.5
+    major, minor = torch.cuda.get_device_capability()
+    want = torch.empty(batch, tokens, heads, head_dim, dtype=torch.bfloat16, device="cuda")
+    interface._bwd_postprocess_convert(
+        accum,
+        want,
+        scale,
+        None,
+        None,
+        10 * major + minor,
+        interface.torch2cute_dtype_map[torch.bfloat16],
+        head_dim,
+        tile_m,
+        128 if cfg.dQ_single_wg else 128 * cfg.num_wg,
+        cfg.AtomLayoutMdQ,
+        cfg.dQ_swapAB,
+        fake_mode=False,
+    )
+    got = torch.empty_like(want)
+    colsum = colsum_buffer(batch, tokens, heads, head_dim, "cuda")
+    attention_bwd_postprocess(accum, got, scale, tile_m, round_up(head_dim, 16), colsum)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@needs_fa4
+@pytest.mark.parametrize("prepost", ["triton", "fa4"])
+@pytest.mark.parametrize("shape", [(64, 256, 16, 72), (2, 256, 4, 64), (2, 200, 4, 72)])
+def test_kernels_give_the_bias_gradient(shape, prepost, monkeypatch):
+    """With ``bias``: dqkv and the bias gradient against the float32 reference, through the Triton
+    pre/postprocess where the shape allows it (tokens a multiple of 64) and FlashAttention-4's else."""
+    monkeypatch.setattr(flash_attention, "PREPOST", prepost)
+    calls = []
+    postprocess = flash_attention.attention_bwd_postprocess
+    monkeypatch.setattr(
+        flash_attention, "attention_bwd_postprocess", lambda *args: (calls.append(1), postprocess(*args))
+    )
+    batch, tokens, heads, head_dim = shape
+    qkv, dout = random_qkv(batch, tokens, heads, head_dim, dtype=torch.bfloat16, device="cuda", scale=1.0)
+    bias = torch.randn(3 * heads * head_dim, device="cuda", requires_grad=True)
+    qkv.requires_grad_()
+    dqkv, dbias = torch.autograd.grad(packed_attention(qkv, bias), (qkv, bias), dout)
+    _, want_dqkv = value_and_grad(lambda t: attention_reference(t)[0].float(), qkv.float(), dout.float())
+    want_dbias = qkv_bias_grad_reference(want_dqkv[:, :, 0], dout.float())
+    assert bool(calls) == (prepost == "triton" and tokens % 64 == 0)
+    torch.testing.assert_close(dqkv.float(), want_dqkv, rtol=5e-2, atol=5e-2 * want_dqkv.abs().max().item())
+    assert dbias.dtype == torch.float32 and (dbias[heads * head_dim : 2 * heads * head_dim] == 0).all()
+    torch.testing.assert_close(dbias, want_dbias, rtol=1e-2, atol=1e-2 * want_dbias.abs().max().item())

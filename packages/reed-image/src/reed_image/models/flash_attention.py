@@ -13,7 +13,19 @@ Backward from ``do`` (``reed_image::packed_attention_bwd``; saved: ``qkv``, ``o`
     dq = s dS k,   dk = s dS^T q
 
 and ``dq``, ``dk``, ``dv`` are written into one ``dqkv [B, N, 3, H, d]`` buffer: the gradient the
-qkv Linear's backward reads as it is. Through ``F.scaled_dot_product_attention`` the three come
+qkv Linear's backward reads as it is.
+
+With ``bias`` (``packed_attention(qkv, bias)``, where ``qkv = x W^T + bias`` was formed with the
+bias detached) the op also returns that bias's gradient, per head (``qkv_bias_grad_reference``):
+
+    db_q = sum_tokens dq,   db_k = 0,   db_v = sum_tokens do
+
+(softmax ignores a key bias, which adds the same ``q . b_k`` to a whole row of scores; each row of
+``P`` sums to 1, so ``sum_tokens dv = sum_tokens do``). On the GPU these sums come out of the
+backward's own pre- and postprocess passes (``models/attention_prepost.py``, Triton, in place of
+FlashAttention-4's), which read ``do`` and ``dq`` anyway; autograd's reduction of the whole
+``dqkv`` for the Linear's bias is gone. The key bias then gets an exact zero gradient, where the
+reduction gave it float rounding noise. Through ``F.scaled_dot_product_attention`` the three come
 back as separate tensors and autograd stacks them into that layout in one more pass over
 ``3 B N H d`` elements (SiT-XL/2, batch 64: 113 MB read and written per block, 2.1 ms of a step).
 
@@ -35,6 +47,7 @@ keeps each as one opaque call, and CUDA-graph capture records the kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import math
@@ -42,11 +55,19 @@ import math
 import torch
 from torch.library import custom_op, register_autograd, register_fake
 
+from reed_image.models.attention_prepost import (
+    ROWS_PER_PARTIAL,
+    attention_bwd_postprocess,
+    attention_bwd_preprocess,
+    colsum_buffer,
+)
+
 __all__ = [
     "attention_backward_reference",
     "attention_reference",
     "flash_attention_available",
     "packed_attention",
+    "qkv_bias_grad_reference",
 ]
 
 INSTALL_HINT = "pip install 'reed-image[fa4]' (PyPI flash-attn-4)"
@@ -58,6 +79,12 @@ FORWARD = "cudnn"
 # FlashAttention-4's forward tile (tile_m, tile_n, P@V from registers); None keeps its own choice
 # (192 x 144 for head dims 65-96 on Hopper); tools/bench_attention.py --fa4-forward-tiles times others
 FORWARD_TILE: tuple[int, int, bool] | None = (128, 128, True)
+# the backward's pre- and postprocess: "triton" (models/attention_prepost.py, which also form the
+# qkv bias gradient) where the configuration allows it, else (or with "fa4") FlashAttention-4's
+PREPOST = "triton"
+# FlashAttention-4's Hopper backward configuration: None keeps its own choice, else a dict of
+# flash_attn.cute.interface.BwdConfig fields changed in it (tools/bench_attention.py --fa4-backward-configs)
+BACKWARD_CONFIG: dict | None = None
 
 
 # the release the private entry points and the fix below are written against (extra ``fa4``)
@@ -79,6 +106,7 @@ def _flash_interface():
             f"private entry points); found {installed}: {INSTALL_HINT}"
         )
     _fix_sm90_dq_accum_stride(interface)
+    _route_prepost(interface)
     return interface
 
 
@@ -102,10 +130,157 @@ def _fix_sm90_dq_accum_stride(interface) -> None:
         arch = args[5]
         if arch // 10 == 9 and hdim_multiple_of == 32:  # 64 (dKV_swapAB) is the kernel's too
             hdim_multiple_of = 16
+        if _triton_postprocess(*args, hdim_multiple_of=hdim_multiple_of, **kwargs):
+            return None
         return convert(*args, hdim_multiple_of=hdim_multiple_of, **kwargs)
 
     convert_with_kernel_stride.reed_fixed = True
     interface._bwd_postprocess_convert = convert_with_kernel_stride
+
+
+class _BackwardPass:
+    """What one ``packed_attention_bwd`` call hands the routed pre/postprocess: its ``dq`` view,
+    the ``colsum`` partial sums (``attention_prepost``), and which of the two ran in Triton."""
+
+    def __init__(self, dq: torch.Tensor, colsum: torch.Tensor):
+        self.dq = dq
+        self.colsum = colsum
+        self.preprocessed = False
+        self.postprocessed = False
+
+
+_ACTIVE_PASS: _BackwardPass | None = None  # set only while _flash_attn_bwd runs for packed_attention
+
+
+def _route_prepost(interface) -> None:
+    """Send FlashAttention-4's backward preprocess (and, through ``_fix_sm90_dq_accum_stride``'s
+    wrapper, its dq postprocess) to ``attention_prepost`` while a packed backward runs and the
+    call is one those kernels are written for; every other call goes to FlashAttention-4's own."""
+    preprocess = interface._bwd_preprocess
+    if getattr(preprocess, "reed_routed", False):
+        return
+
+    @functools.wraps(preprocess)
+    def routed_preprocess(*args, **kwargs):
+        if not _triton_preprocess(*args, **kwargs):
+            preprocess(*args, **kwargs)
+
+    routed_preprocess.reed_routed = True
+    interface._bwd_preprocess = routed_preprocess
+
+    tile_size = interface._tile_size_bwd_sm90
+
+    @functools.wraps(tile_size)
+    def configured_tile_size(*args, **kwargs):
+        config = tile_size(*args, **kwargs)
+        return config if BACKWARD_CONFIG is None else dataclasses.replace(config, **BACKWARD_CONFIG)
+
+    interface._tile_size_bwd_sm90 = configured_tile_size
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple
+
+
+def _triton_preprocess(
+    out,
+    dout,
+    dpsum,
+    lse,
+    lse_log2,
+    dq_accum,
+    cu_seqlens_q,
+    seqused_q,
+    dlse,
+    dtype,
+    head_dim,
+    head_dim_v,
+    m_block_size,
+    *args,
+    hdim_multiple_of=32,
+    fake_mode=False,
+    **options,
+) -> bool:
+    """Run ``attention_bwd_preprocess`` for this FlashAttention-4 preprocess call if it can; True if it ran.
+
+    Only the plain case (no varlen, dlse, sinks, packed GQA; head dims alike, up to 128, where the
+    Hopper kernel rounds its accumulator rows to 16), on a Hopper GPU (other architectures lay the
+    accumulator out differently), and only for a packed backward's own call."""
+    job = _ACTIVE_PASS
+    if job is None or PREPOST != "triton" or fake_mode or args:
+        return False
+    if torch.cuda.get_device_capability(out.device)[0] != 9:
+        return False
+    if any(options.get(name) is not None for name in ("row_max", "scale_p", "cu_total_m_blocks", "o_lo")):
+        return False
+    if options.get("nheads_major") or options.get("pack_gqa") or options.get("use_padded_offsets") is False:
+        return False
+    tokens = out.shape[1]
+    if (
+        cu_seqlens_q is not None
+        or seqused_q is not None
+        or dlse is not None
+        or dq_accum is None
+        or lse_log2 is None
+        or head_dim != head_dim_v
+        or head_dim > 128
+        or hdim_multiple_of != 32
+        or out.dim() != 4
+        or tokens % m_block_size
+        or dpsum.shape[-1] != tokens
+    ):
+        return False
+    attention_bwd_preprocess(out, dout, lse, dpsum, lse_log2, dq_accum, _round_up(head_dim, 16), job.colsum)
+    job.preprocessed = True
+    return True
+
+
+def _triton_postprocess(
+    accum,
+    output,
+    scale,
+    cu_seqlens,
+    seqused,
+    arch,
+    dtype,
+    hdim,
+    block_size,
+    num_threads,
+    atom_layout,
+    swap_ab,
+    use_2cta_instrs=False,
+    cluster_size=1,
+    cu_total_m_blocks=None,
+    sink_tensors=None,
+    hdim_multiple_of=32,
+    accum_order=None,
+    *,
+    fake_mode=False,
+) -> bool:
+    """Run ``attention_bwd_postprocess`` for this dq postprocess call if it can; True if it ran.
+
+    The accumulator layout it reads is the SM90 one of warpgroups that each own 64 rows of the
+    tile (no dQ_swapAB); the call must be the packed backward's own dq."""
+    job = _ACTIVE_PASS
+    if job is None or PREPOST != "triton" or fake_mode or output.data_ptr() != job.dq.data_ptr():
+        return False
+    if (
+        arch // 10 != 9
+        or hdim_multiple_of != 16
+        or swap_ab
+        or use_2cta_instrs
+        or cu_seqlens is not None
+        or seqused is not None
+        or cu_total_m_blocks is not None
+        or sink_tensors is not None
+        or num_threads != 128 * atom_layout
+        or block_size != 64 * atom_layout
+        or output.shape[1] % block_size
+    ):
+        return False
+    attention_bwd_postprocess(accum, output, scale, block_size, _round_up(hdim, hdim_multiple_of), job.colsum)
+    job.postprocessed = True
+    return True
 
 
 def flash_attention_available(device: torch.device | str | None = None) -> bool:
@@ -156,6 +331,13 @@ def attention_backward_reference(
     return torch.stack([t.transpose(1, 2) for t in (dq, dk, dv)], dim=2).to(qkv.dtype)
 
 
+def qkv_bias_grad_reference(dq: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
+    """The qkv bias gradient ``[3 H d]`` (float32, module docstring) from ``dq``, ``do [B, N, H, d]``."""
+    db_q = dq.float().sum((0, 1)).flatten()
+    db_v = dout.float().sum((0, 1)).flatten()
+    return torch.cat([db_q, torch.zeros_like(db_q), db_v])
+
+
 def _check(qkv: torch.Tensor) -> None:
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"packed_attention: qkv must be [B, N, 3, H, d], got {tuple(qkv.shape)}")
@@ -172,7 +354,10 @@ def _cudnn_forward(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @custom_op("reed_image::packed_attention_fwd", mutates_args=())
-def _packed_attention_fwd(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _packed_attention_fwd(
+    qkv: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(o, lse)``; ``bias`` is only an input for its gradient (``qkv`` already holds it)."""
     if not _use_flash(qkv):
         return attention_reference(qkv)
     if FORWARD == "cudnn":
@@ -185,7 +370,7 @@ def _packed_attention_fwd(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 @register_fake("reed_image::packed_attention_fwd")
-def _packed_attention_fwd_fake(qkv):
+def _packed_attention_fwd_fake(qkv, bias=None):
     batch, tokens, _, heads, head_dim = qkv.shape
     out = qkv.new_empty(batch, tokens, heads, head_dim)
     lse = qkv.new_empty(batch, heads, tokens, dtype=torch.float32)
@@ -194,52 +379,90 @@ def _packed_attention_fwd_fake(qkv):
 
 @custom_op("reed_image::packed_attention_bwd", mutates_args=())
 def _packed_attention_bwd(
-    dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
-) -> torch.Tensor:
+    dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, bias_grad: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dqkv, dbias)``; ``dbias``: the qkv bias gradient ``[3 H d]`` (float32) or, without
+    ``bias_grad``, empty."""
+    batch, tokens, _, heads, head_dim = qkv.shape
     if not _use_flash(qkv):
-        return attention_backward_reference(dout, qkv, out, lse)
+        dqkv = attention_backward_reference(dout, qkv, out, lse)
+        dbias = (
+            qkv_bias_grad_reference(dqkv[:, :, 0], dout)
+            if bias_grad
+            else dout.new_empty(0, dtype=torch.float32)
+        )
+        return dqkv, dbias
+    global _ACTIVE_PASS
     dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
-    _flash_interface()._flash_attn_bwd(
-        qkv[:, :, 0],
-        qkv[:, :, 1],
-        qkv[:, :, 2],
-        out,
-        dout,
-        lse,
-        causal=False,
-        dq=dqkv[:, :, 0],
-        dk=dqkv[:, :, 1],
-        dv=dqkv[:, :, 2],
-    )
-    return dqkv
+    job = None
+    if PREPOST == "triton" and tokens % ROWS_PER_PARTIAL == 0:
+        job = _BackwardPass(dqkv[:, :, 0], colsum_buffer(batch, tokens, heads, head_dim, qkv.device))
+    _ACTIVE_PASS = job
+    try:
+        _flash_interface()._flash_attn_bwd(
+            qkv[:, :, 0],
+            qkv[:, :, 1],
+            qkv[:, :, 2],
+            out,
+            dout,
+            lse,
+            causal=False,
+            dq=dqkv[:, :, 0],
+            dk=dqkv[:, :, 1],
+            dv=dqkv[:, :, 2],
+        )
+    finally:
+        _ACTIVE_PASS = None
+    if not bias_grad:
+        return dqkv, dout.new_empty(0, dtype=torch.float32)
+    if job is not None and job.preprocessed and job.postprocessed:
+        return dqkv, job.colsum.sum(0).flatten()
+    return dqkv, qkv_bias_grad_reference(dqkv[:, :, 0], dout)
 
 
 @register_fake("reed_image::packed_attention_bwd")
-def _packed_attention_bwd_fake(dout, qkv, out, lse):
-    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+def _packed_attention_bwd_fake(dout, qkv, out, lse, bias_grad=False):
+    dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+    width = 3 * qkv.shape[3] * qkv.shape[4] if bias_grad else 0
+    return dqkv, dout.new_empty(width, dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    (qkv,) = inputs
+    qkv, bias = inputs
     out, lse = output
     ctx.save_for_backward(qkv, out, lse)
+    ctx.bias_shape_dtype = None if bias is None else (bias.shape, bias.dtype)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, _dlse):
     qkv, out, lse = ctx.saved_tensors
-    return _packed_attention_bwd(dout.contiguous(), qkv, out, lse)
+    bias_grad = ctx.bias_shape_dtype is not None and ctx.needs_input_grad[1]
+    dqkv, dbias = _packed_attention_bwd(dout.contiguous(), qkv, out, lse, bias_grad)
+    if not bias_grad:
+        return dqkv, None
+    shape, dtype = ctx.bias_shape_dtype
+    return dqkv, dbias.to(dtype).reshape(shape)
 
 
 register_autograd("reed_image::packed_attention_fwd", _backward, setup_context=_setup_context)
 
 
-def packed_attention(qkv: torch.Tensor) -> torch.Tensor:
+def packed_attention(qkv: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention of ``qkv [B, N, 3, H, d]`` -> ``[B, N, H, d]`` (module docstring).
+
+    ``bias`` (``[3 H d]``): the qkv Linear's bias, which ``qkv`` must already contain, added with
+    the bias detached (``F.linear(x, W, bias.detach())``): its gradient then comes from this op
+    (``db_q = sum dq``, ``db_k = 0``, ``db_v = sum do``), as if it had flowed through the Linear.
 
     On a GPU that cannot run the kernels (not installed, compute capability below 9) this raises
     rather than falling back, so a run configured for them never silently measures the float32
     reference; CPU runs, and float32 inputs anywhere, use the reference.
     """
     _check(qkv)
-    return _packed_attention_fwd(qkv)[0]
+    if bias is not None and bias.shape != (3 * qkv.shape[3] * qkv.shape[4],):
+        raise ValueError(
+            f"packed_attention: bias must be [3 * H * d] = [{3 * qkv.shape[3] * qkv.shape[4]}], "
+            f"got {tuple(bias.shape)}"
+        )
+    return _packed_attention_fwd(qkv, bias)[0]

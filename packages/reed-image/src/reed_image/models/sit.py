@@ -169,13 +169,19 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(y)
 
 
+# model.attention=fa4 without qk-norm: the qkv bias gradient from the attention backward's own passes
+# (models/flash_attention.py) in place of a reduction of the whole qkv gradient; False for A/B timings
+FOLD_QKV_BIAS_GRAD = True
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``, or ``packed_attention``.
 
     ``backend`` (a key of ``ATTENTION_BACKENDS``) is tried first, the others after it where it
     cannot run the inputs; ``"auto"`` leaves the order to PyTorch. ``"fa4"`` runs
     ``models/flash_attention.packed_attention`` on the qkv projection's output viewed as
-    ``[B, N, 3, H, d]`` (with qk-norm, on the normalised q and k stacked back with v).
+    ``[B, N, 3, H, d]`` (with qk-norm, on the normalised q and k stacked back with v; without it
+    the qkv bias's gradient comes from that op, ``FOLD_QKV_BIAS_GRAD``).
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, backend: str = "auto"):
@@ -200,6 +206,16 @@ class Attention(nn.Module):
         B, N, C = x.shape
         proj = self.proj if proj_bias else (lambda out: F.linear(out, self.proj.weight))
         if self.packed:
+            if (
+                not self.qk_norm
+                and FOLD_QKV_BIAS_GRAD
+                and type(self.qkv) is nn.Linear
+                and self.qkv.bias is not None
+            ):
+                # the bias's gradient comes from the attention backward (packed_attention's docstring)
+                qkv = F.linear(x, self.qkv.weight, self.qkv.bias.detach())
+                qkv = qkv.view(B, N, 3, self.num_heads, self.head_dim)
+                return proj(packed_attention(qkv, self.qkv.bias).reshape(B, N, C))
             qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
             if self.qk_norm:
                 q, k, v = qkv.unbind(2)
