@@ -12,7 +12,8 @@ one forward + backward (recorded once as a CUDA graph and replayed ``--reps`` ti
 CUDA events: GPU time alone, as a graphed training step pays it; median of 5 such groups), and
 the max abs difference of the output and of the QKV gradient from a float32 reference; pick one
 with ``model.attention=<backend>``. The timed step includes the qkv Linear's bias gradient (fa4
-forms it inside its backward, the others by a sum of the qkv gradient; ``--no-bias`` leaves it out).
+forms it inside its backward's Triton passes, the others by a sum of the qkv gradient, as autograd
+does for a Linear; ``--no-bias`` leaves it out).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def time_backend(backend: str, qkv: torch.Tensor, heads: int, reps: int, bias: b
         *qkv.shape[:2], heads, qkv.shape[-1] // (3 * heads), device=qkv.device, dtype=qkv.dtype
     )
     qkv_bias = torch.zeros(qkv.shape[-1], device=qkv.device, requires_grad=True) if bias else None
-    folded = qkv_bias is not None and backend == "fa4"
+    # fa4 forms it in its Triton pre/postprocess; with FlashAttention-4's own (PREPOST "fa4") the
+    # step takes it as SiT then does (sit.FOLD_QKV_BIAS_GRAD off): a sum of the qkv gradient
+    folded = qkv_bias is not None and backend == "fa4" and flash_attention.PREPOST == "triton"
 
     def run() -> None:
         qkv.grad = None

@@ -66,7 +66,7 @@ def preprocess_errors(case) -> dict:
     batch, tokens, heads, head_dim = case
     g = torch.Generator().manual_seed(1)
     out = torch.randn(batch, tokens, heads, head_dim, generator=g).to(torch.bfloat16)
-    dout = torch.randn(batch, tokens, heads, 2 * head_dim, generator=g).to(torch.bfloat16)[..., :head_dim]
+    dout = torch.randn(batch, tokens, 2, heads, head_dim, generator=g).to(torch.bfloat16)[:, :, 1]  # strided
     lse = torch.randn(batch, heads, tokens, generator=g)
     lse[0, 0, 1] = float("-inf")
     th = round_up(head_dim, 16)

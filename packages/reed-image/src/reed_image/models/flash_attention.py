@@ -226,6 +226,7 @@ def _triton_preprocess(
         or head_dim > 128
         or hdim_multiple_of != 32
         or out.dim() != 4
+        or any(t.stride(-1) != 1 or t.stride(2) != head_dim for t in (out, dout))
         or tokens % m_block_size
         or dpsum.shape[-1] != tokens
     ):
@@ -333,8 +334,8 @@ def attention_backward_reference(
 
 def qkv_bias_grad_reference(dq: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
     """The qkv bias gradient ``[3 H d]`` (float32, module docstring) from ``dq``, ``do [B, N, H, d]``."""
-    db_q = dq.float().sum((0, 1)).flatten()
-    db_v = dout.float().sum((0, 1)).flatten()
+    db_q = dq.sum((0, 1), dtype=torch.float32).flatten()
+    db_v = dout.sum((0, 1), dtype=torch.float32).flatten()
     return torch.cat([db_q, torch.zeros_like(db_q), db_v])
 
 
