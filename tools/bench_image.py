@@ -167,6 +167,12 @@ def main() -> None:
         help="keep proj's and fc2's biases in their GEMMs (sit.DEFER_BRANCH_BIASES off; fused_adaln)",
     )
     p.add_argument(
+        "--torch-attention-linears",
+        action="store_true",
+        help="with --fused-mlp: the attention's qkv and proj Linears through PyTorch, not the "
+        "autotuned cuBLASLt GEMMs (sit.CUBLASLT_ATTENTION_LINEARS off)",
+    )
+    p.add_argument(
         "--no-fold-qkv-bias",
         action="store_true",
         help="attention fa4: the qkv bias gradient by autograd's reduction, not from the attention "
@@ -204,6 +210,7 @@ def main() -> None:
     args = p.parse_args()
     sit.DEFER_BRANCH_BIASES = not args.no_deferred_biases
     sit.FOLD_QKV_BIAS_GRAD = not args.no_fold_qkv_bias
+    sit.CUBLASLT_ATTENTION_LINEARS = not args.torch_attention_linears
     flash_attention.PREPOST = args.fa4_prepost or flash_attention.PREPOST
     if args.fa4_backward_config:
         flash_attention.BACKWARD_CONFIG = json.loads(args.fa4_backward_config)
@@ -313,6 +320,7 @@ def main() -> None:
         "fused_mlp": args.fused_mlp,
         "deferred_biases": sit.DEFER_BRANCH_BIASES,
         "fold_qkv_bias_grad": sit.FOLD_QKV_BIAS_GRAD,
+        "cublaslt_attention_linears": sit.CUBLASLT_ATTENTION_LINEARS and args.fused_mlp,
         "fa4_prepost": flash_attention.PREPOST,
         "fa4_backward_config": flash_attention.BACKWARD_CONFIG,
         "fc1_bias_grad": fused_mlp.FC1_BIAS_GRAD,

@@ -29,6 +29,8 @@
 #   pq  p1 with FlashAttention-4's own backward pre/postprocess and autograd's qkv bias reduction
 #       (p1 as of 968ad96); pt  p1 with the Triton pre/postprocess but autograd's qkv bias reduction
 #   pb  p1 with changes to FlashAttention-4's backward configuration: FA4_BWD_CONFIG (a JSON dict)
+#   pl  p1 with the attention's qkv and proj Linears through PyTorch (p1 as of 5eabfff), not
+#       autotuned cuBLASLt GEMMs
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -107,6 +109,8 @@ for v in $VARIANTS; do
                 --no-fold-qkv-bias ;;
         pb) bench pb --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --fa4-backward-config "${FA4_BWD_CONFIG:-{\}}" ;;
+        pl) bench pl --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --torch-attention-linears ;;
         m0) bench m0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --no-deferred-biases ;;
         *) echo "unknown variant $v" ;;
     esac

@@ -153,10 +153,13 @@ def test_bad_layout_is_a_clear_error():
         packed_attention(torch.zeros(2, 4, 3, 3, 8), torch.zeros(24))
 
 
-@pytest.mark.parametrize("qk_norm,fused_adaln", [(False, False), (True, False), (False, True)])
-def test_sit_with_packed_attention_matches_sdpa(qk_norm, fused_adaln):
+@pytest.mark.parametrize(
+    "qk_norm,fused_adaln,fused_mlp",
+    [(False, False, False), (True, False, False), (False, True, False), (False, True, True)],
+)
+def test_sit_with_packed_attention_matches_sdpa(qk_norm, fused_adaln, fused_mlp):
     """A whole SiT with ``attention="fa4"`` (the reference on CPU) equals the SDPA SiT: velocity
-    and every parameter gradient."""
+    and every parameter gradient (with ``fused_mlp`` its Linears are ``cublaslt_linear``'s too)."""
     cfg = dict(
         arch="SiT-S/2",
         input_size=8,
@@ -170,7 +173,7 @@ def test_sit_with_packed_attention_matches_sdpa(qk_norm, fused_adaln):
     )
     torch.manual_seed(0)
     plain = SiT(SiTConfig(**cfg)).double()
-    packed = SiT(SiTConfig(**cfg, attention="fa4")).double()
+    packed = SiT(SiTConfig(**cfg, attention="fa4", fused_mlp=fused_mlp)).double()
     packed.load_state_dict(plain.state_dict())
     for module in (plain, packed):  # adaLN-Zero starts at zero: give the attention branch a say
         for block in module.blocks:

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from reed_image.models.cublaslt_linear import cublaslt_linear
 from reed_image.models.flash_attention import packed_attention
 from reed_image.models.fused_adaln import add_norm_modulate
 from reed_image.models.fused_gelu import bias_gelu
@@ -169,6 +170,9 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(y)
 
 
+# with model.fused_mlp (autotuned cuBLASLt GEMMs in the MLP) the attention's qkv and proj Linears
+# run through autotuned cuBLASLt GEMMs too (models/cublaslt_linear.py); False for A/B timings
+CUBLASLT_ATTENTION_LINEARS = True
 # model.attention=fa4 without qk-norm: the qkv bias gradient from the attention backward's own passes
 # (models/flash_attention.py) in place of a reduction of the whole qkv gradient; False for A/B timings
 FOLD_QKV_BIAS_GRAD = True
@@ -181,12 +185,21 @@ class Attention(nn.Module):
     cannot run the inputs; ``"auto"`` leaves the order to PyTorch. ``"fa4"`` runs
     ``models/flash_attention.packed_attention`` on the qkv projection's output viewed as
     ``[B, N, 3, H, d]`` (with qk-norm, on the normalised q and k stacked back with v; without it
-    the qkv bias's gradient comes from that op, ``FOLD_QKV_BIAS_GRAD``).
+    the qkv bias's gradient comes from that op, ``FOLD_QKV_BIAS_GRAD``). ``cublaslt_gemms`` (SiT:
+    with ``model.fused_mlp``) runs the qkv and proj Linears through ``cublaslt_linear``.
     """
 
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, backend: str = "auto"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qk_norm: bool = False,
+        backend: str = "auto",
+        cublaslt_gemms: bool = False,
+    ):
         super().__init__()
         self.packed = backend == "fa4"
+        self.cublaslt_gemms = cublaslt_gemms
         preferred = ATTENTION_BACKENDS.get(backend)
         self.backends = (
             None
@@ -204,24 +217,28 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, proj_bias: bool = True) -> torch.Tensor:
         """``proj_bias=False`` leaves out ``proj``'s bias (the caller adds it: ``deferred_bias``)."""
         B, N, C = x.shape
-        proj = self.proj if proj_bias else (lambda out: F.linear(out, self.proj.weight))
+        plain = type(self.qkv) is nn.Linear and type(self.proj) is nn.Linear  # not converted (FP8)
+        linear = cublaslt_linear if self.cublaslt_gemms and CUBLASLT_ATTENTION_LINEARS and plain else F.linear
+
+        def proj(out: torch.Tensor) -> torch.Tensor:
+            if proj_bias and linear is F.linear:
+                return self.proj(out)
+            return linear(out, self.proj.weight, self.proj.bias if proj_bias else None)
+
         if self.packed:
-            if (
-                not self.qk_norm
-                and FOLD_QKV_BIAS_GRAD
-                and type(self.qkv) is nn.Linear
-                and self.qkv.bias is not None
-            ):
+            if FOLD_QKV_BIAS_GRAD and plain and self.qkv.bias is not None and not self.qk_norm:
                 # the bias's gradient comes from the attention backward (packed_attention's docstring)
-                qkv = F.linear(x, self.qkv.weight, self.qkv.bias.detach())
+                qkv = linear(x, self.qkv.weight, self.qkv.bias.detach())
                 qkv = qkv.view(B, N, 3, self.num_heads, self.head_dim)
                 return proj(packed_attention(qkv, self.qkv.bias).reshape(B, N, C))
-            qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
+            qkv = self.qkv(x) if linear is F.linear else linear(x, self.qkv.weight, self.qkv.bias)
+            qkv = qkv.view(B, N, 3, self.num_heads, self.head_dim)
             if self.qk_norm:
                 q, k, v = qkv.unbind(2)
                 qkv = torch.stack((self.q_norm(q), self.k_norm(k), v), dim=2)
             return proj(packed_attention(qkv).reshape(B, N, C))
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x) if linear is F.linear else linear(x, self.qkv.weight, self.qkv.bias)
+        qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, nh, N, hs)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.backends is None:
@@ -295,7 +312,9 @@ class SiTBlock(nn.Module):
         super().__init__()
         self.fused_adaln = fused_adaln
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm, backend=attention)
+        self.attn = Attention(
+            hidden_size, num_heads, qk_norm=qk_norm, backend=attention, cublaslt_gemms=fused_mlp
+        )
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), fused_gelu=fused_gelu, fused_mlp=fused_mlp)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
