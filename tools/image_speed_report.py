@@ -57,6 +57,12 @@ def label(name: str, result: dict) -> str:
         parts.append(f"fc1 db: {result['fc1_bias_grad']}")
     if result.get("ema_overlap"):
         parts.append("late EMA")
+    if result.get("attention") == "fa4" and result.get("fa4_prepost") == "fa4":
+        parts.append("FA4 pre/post")
+    if result.get("attention") == "fa4" and result.get("fold_qkv_bias_grad"):
+        parts.append("qkv db folded")
+    if result.get("fused_mlp") and result.get("cublaslt_attention_linears") is False:
+        parts.append("attn Linears: torch")
     return "\n".join(parts)
 
 
