@@ -144,6 +144,49 @@ def test_opcheck_and_compile_with_bias():
         torch.testing.assert_close(g, w)
 
 
+def test_routing_of_flash_attention_4s_passes(monkeypatch):
+    """The wrappers installed on FlashAttention-4's interface (here a stand-in): once only; the dq
+    postprocess told the Hopper kernel's rounding (16) only on SM90; FlashAttention-4's own passes
+    whenever no packed backward runs or the tensors are not CUDA ones; BACKWARD_CONFIG applied."""
+    import dataclasses
+    import types
+
+    @dataclasses.dataclass(frozen=True)
+    class BwdConfig:
+        m_block_size: int = 64
+        n_block_size: int = 128
+
+    calls = []
+    interface = types.SimpleNamespace(
+        BwdConfig=BwdConfig,
+        _bwd_preprocess=lambda *args, **kwargs: calls.append(("pre", kwargs.get("hdim_multiple_of"))),
+        _bwd_postprocess_convert=lambda *args, hdim_multiple_of=32, **kwargs: calls.append(
+            ("post", hdim_multiple_of)
+        ),
+        _tile_size_bwd_sm90=lambda *args: BwdConfig(),
+    )
+    for _ in range(2):  # a second install must not wrap again
+        flash_attention._fix_sm90_dq_accum_stride(interface)
+        flash_attention._route_prepost(interface)
+    out = torch.zeros(2, 64, 3, 8)
+    pre_args = (out, out, None, None, None, None, None, None, None, None, 8, 8, 64)
+    dq = torch.zeros(2, 64, 3, 8)
+    post_args = lambda arch: (None, dq, 1.0, None, None, arch, None, 8, 64, 128, 1, False)  # noqa: E731
+    interface._bwd_preprocess(*pre_args, fake_mode=False, hdim_multiple_of=32)
+    interface._bwd_postprocess_convert(*post_args(90), fake_mode=False)
+    interface._bwd_postprocess_convert(*post_args(100), fake_mode=False)
+    interface._bwd_postprocess_convert(*post_args(90), fake_mode=False, hdim_multiple_of=64)
+    job = flash_attention._BackwardPass(dq, torch.zeros(2, 3, 24))
+    monkeypatch.setattr(flash_attention, "_ACTIVE_PASS", job)  # a packed backward, but on the CPU
+    interface._bwd_preprocess(*pre_args, fake_mode=False, hdim_multiple_of=32)
+    interface._bwd_postprocess_convert(*post_args(90), fake_mode=False)
+    assert calls == [("pre", 32), ("post", 16), ("post", 32), ("post", 64), ("pre", 32), ("post", 16)]
+    assert not (job.preprocessed or job.postprocessed)
+    assert interface._tile_size_bwd_sm90(72, 72, False, False) == BwdConfig()
+    monkeypatch.setattr(flash_attention, "BACKWARD_CONFIG", {"m_block_size": 128})
+    assert interface._tile_size_bwd_sm90(72, 72, False, False) == BwdConfig(m_block_size=128)
+
+
 def test_bad_layout_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\[B, N, 3, H, d\]"):
         packed_attention(torch.zeros(2, 4, 2, 3, 8))

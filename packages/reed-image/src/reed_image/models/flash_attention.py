@@ -209,7 +209,7 @@ def _triton_preprocess(
     job = _ACTIVE_PASS
     if job is None or PREPOST != "triton" or fake_mode or args:
         return False
-    if torch.cuda.get_device_capability(out.device)[0] != 9:
+    if not out.is_cuda or torch.cuda.get_device_capability(out.device)[0] != 9:
         return False
     if any(options.get(name) is not None for name in ("row_max", "scale_p", "cu_total_m_blocks", "o_lo")):
         return False
@@ -263,7 +263,9 @@ def _triton_postprocess(
     The accumulator layout it reads is the SM90 one of warpgroups that each own 64 rows of the
     tile (no dQ_swapAB); the call must be the packed backward's own dq."""
     job = _ACTIVE_PASS
-    if job is None or PREPOST != "triton" or fake_mode or output.data_ptr() != job.dq.data_ptr():
+    if job is None or PREPOST != "triton" or fake_mode or not output.is_cuda:
+        return False
+    if output.data_ptr() != job.dq.data_ptr():
         return False
     if (
         arch // 10 != 9
