@@ -13,7 +13,9 @@ Backward from ``do`` (``reed_image::packed_attention_bwd``; saved: ``qkv``, ``o`
     dq = s dS k,   dk = s dS^T q
 
 and ``dq``, ``dk``, ``dv`` are written into one ``dqkv [B, N, 3, H, d]`` buffer: the gradient the
-qkv Linear's backward reads as it is.
+qkv Linear's backward reads as it is. Through ``F.scaled_dot_product_attention`` the three come
+back as separate tensors and autograd stacks them into that layout in one more pass over
+``3 B N H d`` elements (SiT-XL/2, batch 64: 113 MB read and written per block, 2.1 ms of a step).
 
 With ``bias`` (``packed_attention(qkv, bias)``, where ``qkv = x W^T + bias`` was formed with the
 bias detached) the op also returns that bias's gradient, per head (``qkv_bias_grad_reference``):
@@ -25,9 +27,7 @@ bias detached) the op also returns that bias's gradient, per head (``qkv_bias_gr
 backward's own pre- and postprocess passes (``models/attention_prepost.py``, Triton, in place of
 FlashAttention-4's), which read ``do`` and ``dq`` anyway; autograd's reduction of the whole
 ``dqkv`` for the Linear's bias is gone. The key bias then gets an exact zero gradient, where the
-reduction gave it float rounding noise. Through ``F.scaled_dot_product_attention`` the three come
-back as separate tensors and autograd stacks them into that layout in one more pass over
-``3 B N H d`` elements (SiT-XL/2, batch 64: 113 MB read and written per block, 2.1 ms of a step).
+reduction gave it float rounding noise.
 
 On CUDA with a compute capability of 9.x or above and bfloat16/float16 inputs the backward is
 FlashAttention-4's (``flash_attn.cute``, PyPI ``flash-attn-4``, CuTe DSL kernels compiled on first
