@@ -52,7 +52,7 @@ try:
 except ImportError:  # pragma: no cover - Triton ships with CUDA builds of PyTorch on Linux
     triton = None
 
-__all__ = ["ROWS_PER_PARTIAL", "attention_bwd_postprocess", "attention_bwd_preprocess"]
+__all__ = ["ROWS_PER_PARTIAL", "attention_bwd_postprocess", "attention_bwd_preprocess", "colsum_buffer"]
 
 # tokens per row of the colsum partial sums (and per preprocess program)
 ROWS_PER_PARTIAL = 64
