@@ -36,7 +36,9 @@ def main() -> None:
     if interface is None or not torch.cuda.is_available():
         raise SystemExit("bench_attention_prepost: needs a CUDA GPU and flash-attn-4 (reed-image[fa4])")
     B, N, H, d = args.batch, args.tokens, args.heads, args.head_dim
-    tile_m = interface._tile_size_bwd_sm90(d, d, False, False).m_block_size
+    config = interface._tile_size_bwd_sm90(d, d, False, False)
+    tile_m = config.m_block_size
+    post_threads = 128 if config.dQ_single_wg else 128 * config.num_wg
     cute_bf16 = interface.torch2cute_dtype_map[torch.bfloat16]
     arch = 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
     out = torch.randn(B, N, H, d, device="cuda", dtype=torch.bfloat16)
@@ -78,9 +80,9 @@ def main() -> None:
                 cute_bf16,
                 d,
                 tile_m,
-                128,
-                1,
-                False,
+                post_threads,
+                config.AtomLayoutMdQ,
+                config.dQ_swapAB,
                 fake_mode=False,
             )
         ),
