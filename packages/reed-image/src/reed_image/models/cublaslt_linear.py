@@ -23,20 +23,14 @@ import torch
 from torch.library import custom_op, register_autograd, register_fake
 
 from reed_image.models import cublaslt
+from reed_image.models.fused_mlp import _autocast, cublaslt_path_available
 
 __all__ = ["cublaslt_linear"]
 
 
 def _cublaslt_runs(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """cuBLASLt for CUDA bf16/fp16 rows whose every leading dimension is a multiple of 8."""
-    return (
-        x.is_cuda
-        and x.dtype in (torch.bfloat16, torch.float16)
-        and x.shape[0] % 8 == 0
-        and x.shape[1] % 8 == 0
-        and weight.shape[0] % 8 == 0
-        and cublaslt.available()
-    )
+    """``fused_mlp``'s condition, and rows a multiple of 8 (a leading dimension of the dW GEMM)."""
+    return cublaslt_path_available(x, weight) and x.shape[0] % 8 == 0
 
 
 @custom_op("reed_image::cublaslt_linear_fwd", mutates_args=())
@@ -63,8 +57,11 @@ def _linear_bwd(
         dweight, dbias = cublaslt.matmul(dy.t(), x, sum_a=need_dbias)
         return dx, dweight, dbias if need_dbias else dy.new_empty(0)
     with torch.autocast(dy.device.type, enabled=False):
-        dbias = dy.sum(0, dtype=torch.promote_types(dy.dtype, torch.float32)).to(dy.dtype)
-        return dy @ weight, dy.t() @ x, dbias if need_dbias else dy.new_empty(0)
+        if need_dbias:
+            dbias = dy.sum(0, dtype=torch.promote_types(dy.dtype, torch.float32)).to(dy.dtype)
+        else:
+            dbias = dy.new_empty(0)
+        return dy @ weight, dy.t() @ x, dbias
 
 
 @register_fake("reed_image::cublaslt_linear_bwd")
@@ -96,12 +93,12 @@ def cublaslt_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """``F.linear(x, weight, bias)`` for ``x [..., K]``: the module docstring's GEMMs.
 
     Under autocast (for ``x``'s device) the arguments are cast to the autocast dtype first, as
-    ``F.linear`` would have them.
+    ``F.linear`` would have them (``fused_mlp._autocast``: float64 stays float64).
     """
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+        x, weight = _autocast(x, dtype), _autocast(weight, dtype)
+        bias = None if bias is None else _autocast(bias, dtype)
     if x.shape[-1] != weight.shape[1] or (bias is not None and bias.shape != (weight.shape[0],)):
         got_bias = None if bias is None else tuple(bias.shape)
         raise ValueError(
