@@ -33,7 +33,7 @@ from reed_core.features import FeatureStoreWriter
 from reed_core.float8 import FLOAT8_RECIPES
 from reed_core.train import FUSED_UPDATE, PARAM_DTYPES, Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
-from reed_image.models import flash_attention, fused_mlp, sit
+from reed_image.models import cublaslt, flash_attention, fused_mlp, sit
 from reed_image.models.sit import ATTENTION_CHOICES, SiTConfig
 
 
@@ -162,6 +162,13 @@ def main() -> None:
         "fused_mlp.FC1_BIAS_GRAD)",
     )
     p.add_argument(
+        "--cublaslt-autotune",
+        default=None,
+        choices=cublaslt.AUTOTUNE_METHODS,
+        help="how cuBLASLt plans pick their algorithm: timed inside a CUDA graph, with workspace-free "
+        "candidates too, or timed on the stream (default: cublaslt.AUTOTUNE)",
+    )
+    p.add_argument(
         "--no-deferred-biases",
         action="store_true",
         help="keep proj's and fc2's biases in their GEMMs (sit.DEFER_BRANCH_BIASES off; fused_adaln)",
@@ -171,6 +178,12 @@ def main() -> None:
         action="store_true",
         help="with --fused-mlp: the attention's qkv and proj Linears through PyTorch, not the "
         "autotuned cuBLASLt GEMMs (sit.CUBLASLT_ATTENTION_LINEARS off)",
+    )
+    p.add_argument(
+        "--torch-adaln-linears",
+        action="store_true",
+        help="with --fused-mlp --fused-adaln: the adaLN modulation Linears through PyTorch, not the "
+        "autotuned cuBLASLt GEMMs (sit.CUBLASLT_ADALN_LINEARS off)",
     )
     p.add_argument(
         "--no-fold-qkv-bias",
@@ -211,10 +224,12 @@ def main() -> None:
     sit.DEFER_BRANCH_BIASES = not args.no_deferred_biases
     sit.FOLD_QKV_BIAS_GRAD = not args.no_fold_qkv_bias
     sit.CUBLASLT_ATTENTION_LINEARS = not args.torch_attention_linears
+    sit.CUBLASLT_ADALN_LINEARS = not args.torch_adaln_linears
     flash_attention.PREPOST = args.fa4_prepost or flash_attention.PREPOST
     if args.fa4_backward_config:
         flash_attention.BACKWARD_CONFIG = json.loads(args.fa4_backward_config)
     fused_mlp.FC1_BIAS_GRAD = args.fc1_bias_grad or fused_mlp.FC1_BIAS_GRAD
+    cublaslt.AUTOTUNE = args.cublaslt_autotune or cublaslt.AUTOTUNE
     device = torch.device(args.device)
     inductor = {}
     for item in args.inductor:
@@ -321,9 +336,11 @@ def main() -> None:
         "deferred_biases": sit.DEFER_BRANCH_BIASES,
         "fold_qkv_bias_grad": sit.FOLD_QKV_BIAS_GRAD,
         "cublaslt_attention_linears": sit.CUBLASLT_ATTENTION_LINEARS and args.fused_mlp,
+        "cublaslt_adaln_linears": sit.CUBLASLT_ADALN_LINEARS and args.fused_mlp and args.fused_adaln,
         "fa4_prepost": flash_attention.PREPOST,
         "fa4_backward_config": flash_attention.BACKWARD_CONFIG,
         "fc1_bias_grad": fused_mlp.FC1_BIAS_GRAD,
+        "cublaslt_autotune": cublaslt.AUTOTUNE,
         "ema_overlap": args.ema_overlap,
         "float8": args.float8,
         "float8_layers": len(trainer.float8_layers),

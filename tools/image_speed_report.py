@@ -63,6 +63,10 @@ def label(name: str, result: dict) -> str:
         parts.append("qkv db folded")
     if result.get("fused_mlp") and result.get("cublaslt_attention_linears") is False:
         parts.append("attn Linears: torch")
+    if result.get("fused_mlp") and result.get("cublaslt_adaln_linears") is False:
+        parts.append("adaLN Linears: torch")
+    if result.get("fused_mlp") and result.get("cublaslt_autotune") == "eager":
+        parts.append("cuBLASLt tuned eager")
     return "\n".join(parts)
 
 

@@ -31,6 +31,9 @@
 #   pb  p1 with changes to FlashAttention-4's backward configuration: FA4_BWD_CONFIG (a JSON dict)
 #   pl  p1 with the attention's qkv and proj Linears through PyTorch (p1 as of 5eabfff), not
 #       autotuned cuBLASLt GEMMs
+#   pa  p1 with cuBLASLt's algorithms timed on the stream among those with a workspace (p1 as of
+#       f2452fd), not inside a CUDA graph with workspace-free candidates too
+#   pm  p1 with the adaLN modulation Linears through PyTorch, not autotuned cuBLASLt GEMMs
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -111,6 +114,10 @@ for v in $VARIANTS; do
                 --fa4-backward-config "${FA4_BWD_CONFIG:-{\}}" ;;
         pl) bench pl --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --torch-attention-linears ;;
+        pa) bench pa --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --cublaslt-autotune eager ;;
+        pm) bench pm --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --torch-adaln-linears ;;
         m0) bench m0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --no-deferred-biases ;;
         *) echo "unknown variant $v" ;;
     esac

@@ -304,6 +304,78 @@ def test_cuda_matmul_dgelu_bgrad_matches_its_reference(M, N2, N, bias_grad):
     assert worst_error_ratio(dbias, dbias_exact, 2 * BF16_ULP, 1e-2) <= 1.0
 
 
+def every_candidate(monkeypatch, call) -> list:
+    """``call()`` once with each autotuning candidate of its (one) plan forced, fresh plans each
+    time; returns ``[(workspace_limit, result), ...]``."""
+    monkeypatch.setattr(cublaslt, "AUTOTUNE", "graph")
+    pool, chosen, results = [], [0], []
+
+    def pick(candidates, launch):
+        pool[:] = candidates
+        return candidates[chosen[0]]
+
+    monkeypatch.setattr(cublaslt, "_fastest_in_graph", pick)
+    while True:
+        cublaslt._plans.clear()
+        results.append(call())
+        if chosen[0] + 1 >= len(pool):
+            break
+        chosen[0] += 1
+    cublaslt._plans.clear()
+    assert len(pool) == len(results)
+    return [(plan.workspace_limit, result) for plan, result in zip(pool, results)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("epilogue", ["gelu_aux", "dgelu_bgrad", "dgelu", "bias", "sum_a", "none"])
+def test_cuda_every_autotuning_candidate_is_right(epilogue, monkeypatch):
+    """Each algorithm the graph autotuner may pick, with a workspace and without one (launched
+    without one: other kernels), matches the reference: a wrong launch setting of one of them
+    would otherwise surface only in processes where it happens to win."""
+    M, K, N = 1000, 136, 72
+    x, w, b, dy = bf16_inputs((M, K), (N, K), (N,), (M, N))
+    w = w * (2.0 / math.sqrt(K))
+    if epilogue == "gelu_aux":
+        want = linear_gelu_aux_reference(x, w, b)
+        results = every_candidate(monkeypatch, lambda: cublaslt.linear_gelu_aux(x, w, b))
+    elif epilogue.startswith("dgelu"):
+        bias_grad = "epilogue" if epilogue == "dgelu_bgrad" else "sum"
+        want = matmul_dgelu_bgrad_reference(x, w.t().contiguous(), dy)
+        results = every_candidate(
+            monkeypatch, lambda: cublaslt.matmul_dgelu_bgrad(x, w.t().contiguous(), dy, bias_grad=bias_grad)
+        )
+    else:
+        a = x.t() if epilogue == "sum_a" else x  # sum_a: the weight-gradient layout
+        b_ = dy if epilogue == "sum_a" else w.t()
+        bias = b if epilogue == "bias" else None
+        exact = a.double() @ b_.double() + (bias.double() if bias is not None else 0.0)
+        want = (exact, a.double().sum(1) if epilogue == "sum_a" else None)
+        results = every_candidate(
+            monkeypatch, lambda: cublaslt.matmul(a, b_, bias=bias, sum_a=epilogue == "sum_a")
+        )
+    # both queries answered, except DGELU_BGRAD's without a workspace (not supported, cuBLAS 13.1)
+    limits = {0, cublaslt.WORKSPACE_BYTES} if epilogue != "dgelu_bgrad" else {cublaslt.WORKSPACE_BYTES}
+    assert {limit for limit, _ in results} == limits
+    for limit, got in results:
+        for g, w_ in zip(got, want, strict=True):
+            if w_ is not None:
+                assert worst_error_ratio(g, w_, 2 * BF16_ULP, 1e-2) <= 1.0, (epilogue, limit)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_autotuning_runs_and_caches_one_plan():
+    """The default autotuner (CUDA-graph timing over both candidate pools) leaves one cached plan
+    per call shape, and the call's result is right."""
+    cublaslt._plans.clear()
+    x, w, b = bf16_inputs((512, 64), (128, 64), (128,))
+    out, pre = cublaslt.linear_gelu_aux(x, w, b)
+    assert cublaslt.AUTOTUNE == "graph" and len(cublaslt._plans) == 1
+    out_ref, pre_ref = linear_gelu_aux_reference(x, w, b)
+    assert worst_error_ratio(out, out_ref, BF16_ULP, 1e-3) <= 1.0
+    cublaslt.linear_gelu_aux(x, w, b)
+    assert len(cublaslt._plans) == 1
+
+
 @pytest.mark.gpu
 def test_cuda_offset_views_are_aligned_or_copied():
     """Inputs starting 2 bytes (copied) and 32 bytes (a 32-byte plan) into their storage."""

@@ -210,6 +210,36 @@ def test_fused_mlps_compute_the_same_velocity_and_gradients(mlp_fusion, fused_ad
     assert plain.blocks[0].mlp.fc1.bias.grad.abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("adaln_linears", [True, False])
+def test_fused_mlp_routes_attention_and_chained_adaln_linears_through_cublaslt(adaln_linears, monkeypatch):
+    """With fused_mlp (and chained fused_adaln) each block's qkv, proj and the next adaLN Linear are
+    ``cublaslt_linear`` calls (``CUBLASLT_ADALN_LINEARS`` off: the adaLN ones are not); the
+    velocity and gradients stay those of the plain SiT either way."""
+    from reed_image.models import sit
+
+    calls = []
+
+    def counting(x, weight, bias=None):
+        calls.append(tuple(weight.shape))
+        return sit_linear(x, weight, bias)
+
+    sit_linear = sit.cublaslt_linear
+    monkeypatch.setattr(sit, "cublaslt_linear", counting)
+    monkeypatch.setattr(sit, "CUBLASLT_ADALN_LINEARS", adaln_linears)
+    plain, fused = plain_and_fused_sits(fused_mlp=True, fused_adaln=True)
+    x, tau, y = torch.randn(3, 1, 16, 16).double(), torch.rand(3).double(), torch.tensor([0, 4, 10])
+    v_fused = fused(x, tau, y)
+    D, depth = 32, len(fused.blocks)
+    adaln = [(6 * D, D)] * (depth - 1) + [(2 * D, D)]  # the next block's, then the final layer's
+    want = [[(3 * D, D), (D, D)] + ([adaln[i]] if adaln_linears else []) for i in range(depth)]
+    assert sorted(calls) == sorted(sum(want, []))
+    torch.testing.assert_close(v_fused, plain(x, tau, y))
+    (v_fused**2).sum().backward()
+    (plain(x, tau, y) ** 2).sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
 def test_fused_gelu_mlp_keeps_a_converted_fc1_layer():
     """An fc1 swapped for another Linear class (as FP8 conversion does) runs its own forward."""
     from reed_image.models.sit import Mlp

@@ -32,10 +32,20 @@ Per device: one cuBLASLt handle and one workspace (a torch uint8 tensor, ``WORKS
 made on first use. Per ``(device, epilogue, shapes, dtypes, pointer alignment)``: a cached plan
 with the matmul descriptor, the matrix layouts and an algorithm for pointers of that alignment
 (256 bytes for fresh torch allocations, down to 16 for offset views): of the heuristic's first
-``AUTOTUNE_CANDIDATES``, the fastest on the plan's first call (timed with CUDA events, a few ms
-once; the heuristic's first alone for a plan first needed during CUDA-graph capture). Autotuning
-took SiT-XL/2's GELU_AUX_BIAS GEMM from 296 to 284 us and the DGELU one from 290 to 260 us (H100);
-which algorithm wins may differ between processes (rounding may then differ in the last bit).
+``AUTOTUNE_CANDIDATES``, the fastest on the plan's first call (a few ms once; the heuristic's
+first alone for a plan first needed during CUDA-graph capture). Autotuning took SiT-XL/2's
+GELU_AUX_BIAS GEMM from 296 to 284 us and the DGELU one from 290 to 260 us (H100); which
+algorithm wins may differ between processes (rounding may then differ in the last bit).
+
+``AUTOTUNE = "graph"`` (the default) draws the candidates from two heuristic queries, with the
+workspace and with none, and times each inside a CUDA graph, after a small kernel, as the
+training step runs them (``train.cuda_graph``). The reason: on an H100 (cuBLAS 13.1) most of the
+heuristic's Hopper algorithms for SiT's GEMMs ask for 4 bytes of workspace, which cuBLASLt zeroes
+with a ``cudaMemsetAsync`` before every launch; inside a CUDA graph that memset node costs about
+5 us of idle GPU around it (about 290 of them in a SiT-XL/2 step, ~1.4 ms), while the
+workspace-free variants of the same kernels (``ssched``: a static tile schedule) run as fast.
+Timing with CUDA events on a stream (``AUTOTUNE = "eager"``, the workspace query alone, the
+earlier behaviour) does not see that cost.
 Every call runs on ``torch.cuda.current_stream()``, so the primitives work inside CUDA-graph
 capture (make the plan and workspace in a warm-up call first) and in ``torch.compile``'d code (as
 opaque custom ops). The one workspace per device assumes one stream at a time uses these
@@ -65,6 +75,12 @@ WORKSPACE_BYTES = 32 * 1024 * 1024  # as Transformer Engine gives cuBLASLt on Ho
 # a new plan times the heuristic's first this many algorithms on its first call and keeps the
 # fastest (1: the heuristic's first, untimed; so is every plan made during CUDA-graph capture)
 AUTOTUNE_CANDIDATES = 8
+# how a new plan's candidates are found and timed: "graph" (the heuristic's first
+# AUTOTUNE_CANDIDATES with the workspace and as many without one, each timed inside a CUDA graph
+# after a small kernel, so that a workspace memset's latency counts) or "eager" (with the
+# workspace only, timed with CUDA events on the stream); see the module docstring
+AUTOTUNE = "graph"
+AUTOTUNE_METHODS = ("graph", "eager")
 # how matmul_dgelu_bgrad forms dbias: "epilogue" (CUBLASLT_EPILOGUE_DGELU_BGRAD), or "sum" / "gemv"
 # (CUBLASLT_EPILOGUE_DGELU, then dpre.sum(0) / dpre^T 1 by PyTorch); see matmul_dgelu_bgrad
 BIAS_GRAD = "gemv"
@@ -280,8 +296,9 @@ class _Plan:
     desc: ctypes.c_void_p
     layouts: tuple[ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]  # A, B, D (C = D)
     algo: ctypes.Array
-    workspace_size: int
+    workspace_size: int  # what the algorithm needs (the heuristic's answer)
     waves: float
+    workspace_limit: int  # what every launch offers it (the heuristic query's limit)
     lock: threading.Lock = field(default_factory=threading.Lock)  # pointers are set per call
 
 
@@ -298,9 +315,13 @@ def _layout(dtype: torch.dtype, rows: int, cols: int, ld: int) -> ctypes.c_void_
     return layout
 
 
-def _candidates(device_index: int, spec: _Spec, align: int, requested: int = 1) -> list[_Plan]:
+def _candidates(
+    device_index: int, spec: _Spec, align: int, requested: int = 1, max_workspace: int | None = None
+) -> list[_Plan]:
     """Plans for the heuristic's first ``requested`` algorithms (best first) for pointers aligned
-    to ``align`` bytes (a power of two, 16 to 256); each plan has its own descriptor."""
+    to ``align`` bytes (a power of two, 16 to 256) that need at most ``max_workspace`` bytes of
+    workspace (default ``WORKSPACE_BYTES``); each plan has its own descriptor. Empty where the
+    heuristic has none."""
     lib = _lib()
     a = _layout(spec.dtype, spec.k, spec.m, spec.k) if spec.trans_a == _CUBLAS_OP_T else None
     a = a or _layout(spec.dtype, spec.m, spec.k, spec.m)
@@ -334,7 +355,8 @@ def _candidates(device_index: int, spec: _Spec, align: int, requested: int = 1) 
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
     set_pref = lib.cublasLtMatmulPreferenceSetAttribute
     call = "cublasLtMatmulPreferenceSetAttribute"
-    _set(set_pref, pref, _PREF_MAX_WORKSPACE_BYTES, ctypes.c_uint64(WORKSPACE_BYTES), call)
+    max_workspace = WORKSPACE_BYTES if max_workspace is None else min(max_workspace, WORKSPACE_BYTES)
+    _set(set_pref, pref, _PREF_MAX_WORKSPACE_BYTES, ctypes.c_uint64(max_workspace), call)
     for attr in _PREF_MIN_ALIGNMENT_BYTES:
         _set(set_pref, pref, attr, ctypes.c_uint32(align), call)
     results, count = (_HeuristicResult * requested)(), ctypes.c_int(0)
@@ -346,8 +368,6 @@ def _candidates(device_index: int, spec: _Spec, align: int, requested: int = 1) 
     )
     lib.cublasLtMatmulPreferenceDestroy(pref)
     found = [r for r in results[: count.value] if r.state == _CUBLAS_STATUS_SUCCESS]
-    if not found:
-        raise RuntimeError(f"cuBLASLt: the heuristic found no algorithm for {spec} (align {align})")
     return [
         _Plan(
             spec,
@@ -356,6 +376,7 @@ def _candidates(device_index: int, spec: _Spec, align: int, requested: int = 1) 
             (ctypes.c_uint64 * 8)(*r.algo),
             int(r.workspaceSize),
             float(r.wavesCount),
+            max_workspace,
         )
         for i, r in enumerate(found)
     ]
@@ -369,10 +390,29 @@ def _plan(device_index: int, spec: _Spec, align: int, launch) -> _Plan:
         with _plans_lock:
             plan = _plans.get(key)
             if plan is None:
+                if AUTOTUNE not in AUTOTUNE_METHODS:
+                    raise ValueError(f"cublaslt.AUTOTUNE must be one of {AUTOTUNE_METHODS}, got {AUTOTUNE!r}")
                 capturing = torch.cuda.is_current_stream_capturing()
                 requested = 1 if capturing else max(1, AUTOTUNE_CANDIDATES)
                 candidates = _candidates(device_index, spec, align, requested)
-                plan = _plans[key] = candidates[0] if len(candidates) == 1 else _fastest(candidates, launch)
+                if AUTOTUNE == "graph" and not capturing:
+                    # the same algorithms may come back: launched without a workspace they are
+                    # other kernels (their static-schedule variants, no memset)
+                    try:
+                        candidates += _candidates(device_index, spec, align, requested, max_workspace=0)
+                    except RuntimeError:  # e.g. DGELU_BGRAD: CUBLAS_STATUS_NOT_SUPPORTED without one
+                        pass
+                if not candidates:
+                    raise RuntimeError(
+                        f"cuBLASLt: the heuristic found no algorithm for {spec} (align {align})"
+                    )
+                if len(candidates) == 1:
+                    plan = candidates[0]
+                elif AUTOTUNE == "graph":
+                    plan = _fastest_in_graph(candidates, launch)
+                else:
+                    plan = _fastest(candidates, launch)
+                _plans[key] = plan
     return plan
 
 
@@ -395,6 +435,47 @@ def _fastest(candidates: list[_Plan], launch, reps: int = 3) -> _Plan:
         return candidates[0]
     timed[-1][2].synchronize()
     return min(timed, key=lambda t: t[1].elapsed_time(t[2]))[0]
+
+
+def _fastest_in_graph(candidates: list[_Plan], launch, reps: int = 4, replays: int = 3) -> _Plan:
+    """The candidate with the least time inside a CUDA graph of ``reps`` launches, each after a
+    small kernel (a fill of a few floats), best of ``replays`` replays: a launch's own memset
+    nodes and the idle time around them count, as in a captured training step. One that fails to
+    launch or to capture is left out (the first is kept if all do)."""
+    device = torch.cuda.current_device()
+    filler = torch.empty(64, dtype=torch.float32, device=device)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    timed = []
+    with torch.cuda.stream(stream):
+        for plan in candidates:
+            try:
+                launch(plan)  # outside capture first: cuBLASLt's lazy set-up must not be captured
+                # (capture_begin, not torch.cuda.graph: that one synchronises and collects garbage)
+                graph = torch.cuda.CUDAGraph()
+                graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    for _ in range(reps):
+                        filler.fill_(0.0)
+                        launch(plan)
+                finally:
+                    graph.capture_end()
+            except RuntimeError:
+                continue
+            graph.replay()  # warm-up
+            events = []
+            for _ in range(replays):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(stream)
+                graph.replay()
+                end.record(stream)
+                events.append((start, end))
+            timed.append((plan, graph, events))
+    torch.cuda.current_stream(device).wait_stream(stream)
+    if not timed:
+        return candidates[0]
+    stream.synchronize()
+    return min(timed, key=lambda t: min(start.elapsed_time(end) for start, end in t[2]))[0]
 
 
 def _run(plan: _Plan, device_index: int, a_ptr: int, b_ptr: int, d_ptr: int, bias_ptr=None, aux_ptr=None):
@@ -425,7 +506,9 @@ def _run(plan: _Plan, device_index: int, a_ptr: int, b_ptr: int, d_ptr: int, bia
                 d,
                 ctypes.byref(plan.algo),
                 workspace.data_ptr(),
-                WORKSPACE_BYTES,
+                # an algorithm may run another kernel with a workspace than without one (its
+                # Hopper GEMMs: a dynamic tile schedule whose counter is memset before each launch)
+                min(plan.workspace_limit, WORKSPACE_BYTES),
                 stream,
             ),
             "cublasLtMatmul",

@@ -173,6 +173,11 @@ class LabelEmbedder(nn.Module):
 # with model.fused_mlp (autotuned cuBLASLt GEMMs in the MLP) the attention's qkv and proj Linears
 # run through autotuned cuBLASLt GEMMs too (models/cublaslt_linear.py); False for A/B timings
 CUBLASLT_ATTENTION_LINEARS = True
+# with model.fused_mlp and fused_adaln the chained blocks' adaLN Linears (SiLU(c) -> 6D) run through
+# autotuned cuBLASLt GEMMs too; PyTorch's cuBLAS picks a kernel for their weight gradient that is
+# preceded by a workspace memset (about 7 us of idle GPU a block inside the step's CUDA graph);
+# False for A/B timings
+CUBLASLT_ADALN_LINEARS = True
 # model.attention=fa4 without qk-norm: the qkv bias gradient from the attention backward's own passes
 # (models/flash_attention.py) in place of a reduction of the whole qkv gradient; False for A/B timings
 FOLD_QKV_BIAS_GRAD = True
@@ -340,7 +345,8 @@ class SiTBlock(nn.Module):
             if not self.fused_adaln or modulation is None or next_adaln is None:
                 raise ValueError("SiTBlock: h, modulation and next_adaln are for fused_adaln blocks only")
             D = x.shape[-1]
-            next_modulation = F.linear(F.silu(c), *next_adaln)  # (B, 6D), or (B, 2D) for the final layer
+            adaln_linear = cublaslt_linear if self.mlp.fused_mlp and CUBLASLT_ADALN_LINEARS else F.linear
+            next_modulation = adaln_linear(F.silu(c), *next_adaln)  # (B, 6D), or (B, 2D) for the final layer
             _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
             # proj's and fc2's biases are added in the kernels, before the gates (deferred_bias)
             proj_bias, fc2_bias = deferred_bias(self.attn.proj), deferred_bias(self.mlp.fc2)
