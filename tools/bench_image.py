@@ -33,7 +33,7 @@ from reed_core.features import FeatureStoreWriter
 from reed_core.float8 import FLOAT8_RECIPES
 from reed_core.train import FUSED_UPDATE, PARAM_DTYPES, Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
-from reed_image.models import cublaslt, flash_attention, fused_mlp, sit
+from reed_image.models import cublaslt, flash_attention, fused_adaln, fused_mlp, sit
 from reed_image.models.sit import ATTENTION_CHOICES, SiTConfig
 
 
@@ -169,6 +169,21 @@ def main() -> None:
         "candidates too, or timed on the stream (default: cublaslt.AUTOTUNE)",
     )
     p.add_argument(
+        "--cublaslt-memset-penalty",
+        type=float,
+        default=None,
+        metavar="US",
+        help="graph autotuning: microseconds added for a candidate that needs a workspace memset "
+        "(default: cublaslt.MEMSET_PENALTY_US)",
+    )
+    p.add_argument(
+        "--adaln-partial-sums",
+        default=None,
+        choices=("kernel", "torch"),
+        help="fused_adaln: finish the backward's partial sums in one Triton kernel or by a torch "
+        "sum each (default: fused_adaln.FINISH_PARTIAL_SUMS)",
+    )
+    p.add_argument(
         "--no-deferred-biases",
         action="store_true",
         help="keep proj's and fc2's biases in their GEMMs (sit.DEFER_BRANCH_BIASES off; fused_adaln)",
@@ -230,6 +245,9 @@ def main() -> None:
         flash_attention.BACKWARD_CONFIG = json.loads(args.fa4_backward_config)
     fused_mlp.FC1_BIAS_GRAD = args.fc1_bias_grad or fused_mlp.FC1_BIAS_GRAD
     cublaslt.AUTOTUNE = args.cublaslt_autotune or cublaslt.AUTOTUNE
+    if args.cublaslt_memset_penalty is not None:
+        cublaslt.MEMSET_PENALTY_US = args.cublaslt_memset_penalty
+    fused_adaln.FINISH_PARTIAL_SUMS = args.adaln_partial_sums or fused_adaln.FINISH_PARTIAL_SUMS
     device = torch.device(args.device)
     inductor = {}
     for item in args.inductor:
@@ -341,6 +359,8 @@ def main() -> None:
         "fa4_backward_config": flash_attention.BACKWARD_CONFIG,
         "fc1_bias_grad": fused_mlp.FC1_BIAS_GRAD,
         "cublaslt_autotune": cublaslt.AUTOTUNE,
+        "cublaslt_memset_penalty_us": cublaslt.MEMSET_PENALTY_US,
+        "adaln_partial_sums": fused_adaln.FINISH_PARTIAL_SUMS,
         "ema_overlap": args.ema_overlap,
         "float8": args.float8,
         "float8_layers": len(trainer.float8_layers),

@@ -91,11 +91,24 @@ def preprocess_errors(case) -> dict:
     }
 
 
+TOTAL_CASES = [(256, 3, 216), (3, 3, 40), (65, 3, 8)]  # colsum [rows, 3, H * d]
+
+
+def total_error(case) -> float:
+    from reed_image.models.attention_prepost import colsum_total
+
+    colsum = torch.randn(*case, generator=torch.Generator().manual_seed(2))
+    total = colsum_total(colsum)
+    assert total.shape == (case[1] * case[2],) and total.dtype == torch.float32
+    return (total - colsum.double().sum(0).flatten()).abs().max().item()
+
+
 def interpreter_report() -> dict:
     """Run inside the ``TRITON_INTERPRET=1`` subprocess."""
     return {
         "post": {str(case): postprocess_errors(case) for case in POST_CASES},
         "pre": {str(case): preprocess_errors(case) for case in PRE_CASES},
+        "total": {str(case): total_error(case) for case in TOTAL_CASES},
     }
 
 
@@ -117,6 +130,13 @@ def test_preprocess_equations_and_zeroing(interpreter, case):
     got = interpreter["pre"][str(case)]
     assert got["dpsum"] < 1e-4 and got["lse_log2"] < 1e-5 and got["colsum_v"] < 1e-4
     assert got["zeroed"] and got["rest_untouched"] and got["colsum_k_zero"]
+
+
+@pytest.mark.parametrize("case", TOTAL_CASES, ids=str)
+def test_colsum_total_sums_the_partial_rows(interpreter, case):
+    """The bias gradient's last step: every column summed over all partial rows (rows and columns
+    that are not multiples of the kernel's blocks included)."""
+    assert interpreter["total"][str(case)] < 1e-4
 
 
 def test_layout_builder_is_a_permutation():

@@ -81,6 +81,11 @@ AUTOTUNE_CANDIDATES = 8
 # workspace only, timed with CUDA events on the stream); see the module docstring
 AUTOTUNE = "graph"
 AUTOTUNE_METHODS = ("graph", "eager")
+# "graph" autotuning: microseconds added to the time of a candidate that needs a workspace (so a
+# memset node before each launch). In SiT-XL/2's step profile (H100) each memset node left 3.5-7 us
+# of idle GPU around it, more than the autotuning graph (one GEMM shape, back to back) showed: that
+# kept picking memset variants of the qkv and fc2 forward GEMMs over workspace-free ones within 1-3 us
+MEMSET_PENALTY_US = 4.0
 # how matmul_dgelu_bgrad forms dbias: "epilogue" (CUBLASLT_EPILOGUE_DGELU_BGRAD), or "sum" / "gemv"
 # (CUBLASLT_EPILOGUE_DGELU, then dpre.sum(0) / dpre^T 1 by PyTorch); see matmul_dgelu_bgrad
 BIAS_GRAD = "gemv"
@@ -437,11 +442,12 @@ def _fastest(candidates: list[_Plan], launch, reps: int = 3) -> _Plan:
     return min(timed, key=lambda t: t[1].elapsed_time(t[2]))[0]
 
 
-def _fastest_in_graph(candidates: list[_Plan], launch, reps: int = 4, replays: int = 3) -> _Plan:
+def _fastest_in_graph(candidates: list[_Plan], launch, reps: int = 8, replays: int = 5) -> _Plan:
     """The candidate with the least time inside a CUDA graph of ``reps`` launches, each after a
     small kernel (a fill of a few floats), best of ``replays`` replays: a launch's own memset
-    nodes and the idle time around them count, as in a captured training step. One that fails to
-    launch or to capture is left out (the first is kept if all do)."""
+    nodes and the idle time around them count, as in a captured training step (plus
+    ``MEMSET_PENALTY_US`` for a candidate that needs a workspace). One that fails to launch or to
+    capture is left out (the first is kept if all do)."""
     device = torch.cuda.current_device()
     filler = torch.empty(64, dtype=torch.float32, device=device)
     stream = torch.cuda.Stream(device)
@@ -475,7 +481,14 @@ def _fastest_in_graph(candidates: list[_Plan], launch, reps: int = 4, replays: i
     if not timed:
         return candidates[0]
     stream.synchronize()
-    return min(timed, key=lambda t: min(start.elapsed_time(end) for start, end in t[2]))[0]
+
+    def cost_us(entry) -> float:
+        plan, _, events = entry
+        per_launch = 1000.0 * min(start.elapsed_time(end) for start, end in events) / reps
+        needs_memset = plan.workspace_size > 0 and plan.workspace_limit > 0
+        return per_launch + (MEMSET_PENALTY_US if needs_memset else 0.0)
+
+    return min(timed, key=cost_us)[0]
 
 
 def _run(plan: _Plan, device_index: int, a_ptr: int, b_ptr: int, d_ptr: int, bias_ptr=None, aux_ptr=None):

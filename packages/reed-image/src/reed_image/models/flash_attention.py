@@ -60,6 +60,7 @@ from reed_image.models.attention_prepost import (
     attention_bwd_postprocess,
     attention_bwd_preprocess,
     colsum_buffer,
+    colsum_total,
 )
 
 __all__ = [
@@ -419,7 +420,7 @@ def _packed_attention_bwd(
     if not bias_grad:
         return dqkv, dout.new_empty(0, dtype=torch.float32)
     if job is not None and job.preprocessed and job.postprocessed:
-        return dqkv, job.colsum.sum(0).flatten()
+        return dqkv, colsum_total(job.colsum)
     return dqkv, qkv_bias_grad_reference(dqkv[:, :, 0], dout)
 
 

@@ -65,6 +65,10 @@ __all__ = ["add_norm_modulate", "add_norm_modulate_reference", "triton_path_avai
 
 # float32 partial sums of the backward: aim for this many programs per SM (B * tiles in all)
 _BWD_PROGRAMS_PER_SM = 2
+# how the backward's partial sums are finished: "kernel" (one Triton launch for dgate, dshift,
+# dscale and dbias) or "torch" (a .sum() each, which inductor runs as 4-5 small kernels a call;
+# tools/bench_image.py --adaln-partial-sums torch, for A/B timings)
+FINISH_PARTIAL_SUMS = "kernel"
 
 
 def add_norm_modulate_reference(
@@ -345,6 +349,57 @@ if triton is not None:
         tl.store(dshift_partial_ptr + partial_offsets, dshift_sum, mask=col_mask)
         tl.store(dscale_partial_ptr + partial_offsets, dscale_sum, mask=col_mask)
 
+    @triton.jit
+    def _finish_partial_sums_kernel(
+        dgate_partial_ptr,
+        dshift_partial_ptr,
+        dscale_partial_ptr,
+        dbias_partial_ptr,
+        dgate_ptr,
+        dshift_ptr,
+        dscale_ptr,
+        dbias_ptr,
+        batch,
+        num_tiles,
+        dim,
+        NEED_DGATE: tl.constexpr,
+        NEED_DBIAS: tl.constexpr,
+        DBIAS_ROWS: tl.constexpr,
+        BLOCK_TILES: tl.constexpr,
+        BLOCK_ROWS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """The backward's float32 partial sums ``[B, tiles, D]`` finished in one launch: programs
+        ``< B * ceil(D / BLOCK_D)`` sum one sample's tiles for a column block of dshift/dscale
+        (and dgate); the rest sum all ``DBIAS_ROWS = B * tiles`` rows for a column block of dbias."""
+        pid = tl.program_id(0)
+        column_blocks = tl.cdiv(dim, BLOCK_D)
+        cols = (pid % column_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        col_mask = cols < dim
+        if pid < batch * column_blocks:
+            sample = pid // column_blocks
+            tiles = tl.arange(0, BLOCK_TILES)
+            mask = (tiles < num_tiles)[:, None] & col_mask[None, :]
+            offsets = (sample * num_tiles + tiles)[:, None] * dim + cols[None, :]
+            out = sample * dim + cols
+            dshift = tl.sum(tl.load(dshift_partial_ptr + offsets, mask=mask, other=0.0), axis=0)
+            tl.store(dshift_ptr + out, dshift, mask=col_mask)
+            dscale = tl.sum(tl.load(dscale_partial_ptr + offsets, mask=mask, other=0.0), axis=0)
+            tl.store(dscale_ptr + out, dscale, mask=col_mask)
+            if NEED_DGATE:
+                dgate = tl.sum(tl.load(dgate_partial_ptr + offsets, mask=mask, other=0.0), axis=0)
+                tl.store(dgate_ptr + out, dgate, mask=col_mask)
+        elif NEED_DBIAS:
+            acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+            for start in tl.range(0, DBIAS_ROWS, BLOCK_ROWS):
+                rows = start + tl.arange(0, BLOCK_ROWS)
+                mask = (rows < DBIAS_ROWS)[:, None] & col_mask[None, :]
+                acc += tl.sum(
+                    tl.load(dbias_partial_ptr + rows[:, None] * dim + cols[None, :], mask=mask, other=0.0),
+                    axis=0,
+                )
+            tl.store(dbias_ptr + cols, acc, mask=col_mask)
+
 
 @triton_op("reed_image::add_norm_modulate_fwd", mutates_args=())
 def _add_norm_modulate_fwd(
@@ -513,14 +568,47 @@ def _add_norm_modulate_bwd(
             dgate_partial.zero_()
         if need_dbias:
             dbias_partial.zero_()
-    return (
-        dx,
-        dbranch if need_dbranch else x_out.new_empty(0, dtype=dbranch_dtype),
-        dgate_partial.sum(dim=1) if need_dgate else x_out.new_empty(0, dtype=torch.float32),
-        dshift_partial.sum(dim=1),
-        dscale_partial.sum(dim=1),
-        dbias_partial.sum(dim=(0, 1)) if need_dbias else x_out.new_empty(0, dtype=torch.float32),
-    )
+    # the partial sums finished by one more kernel (in place of a reduction kernel per output,
+    # each with its launch gap: 4-5 small kernels a call)
+    dgate = x_out.new_empty((batch, dim) if need_dgate else (0,), dtype=torch.float32)
+    dshift = x_out.new_empty((batch, dim), dtype=torch.float32)
+    dscale = x_out.new_empty((batch, dim), dtype=torch.float32)
+    dbias = x_out.new_empty((dim,) if need_dbias else (0,), dtype=torch.float32)
+    if FINISH_PARTIAL_SUMS == "torch":
+        dgate = dgate_partial.sum(dim=1) if need_dgate else dgate
+        dbias = dbias_partial.sum(dim=(0, 1)) if need_dbias else dbias
+        dshift, dscale = dshift_partial.sum(dim=1), dscale_partial.sum(dim=1)
+    elif batch * dim > 0:
+        if TRITON_INTERPRET:
+            finish = interpreter_kernel(_finish_partial_sums_kernel, x_out, "add_norm_modulate")
+        else:
+            finish = wrap_triton(_finish_partial_sums_kernel)
+        block_d = min(128, triton.next_power_of_2(dim))
+        column_blocks = triton.cdiv(dim, block_d)
+        finish[(batch * column_blocks + (column_blocks if need_dbias else 0),)](
+            dgate_partial if need_dgate else dshift_partial,
+            dshift_partial,
+            dscale_partial,
+            dbias_partial if need_dbias else dshift_partial,
+            dgate if need_dgate else dshift,
+            dshift,
+            dscale,
+            dbias if need_dbias else dshift,
+            batch,
+            tiles,
+            dim,
+            NEED_DGATE=need_dgate,
+            NEED_DBIAS=need_dbias,
+            DBIAS_ROWS=batch * tiles if need_dbias else 0,
+            BLOCK_TILES=triton.next_power_of_2(tiles),
+            BLOCK_ROWS=32,
+            BLOCK_D=block_d,
+            num_warps=4,
+        )
+    elif need_dbias:
+        dbias.zero_()
+    dbranch = dbranch if need_dbranch else x_out.new_empty(0, dtype=dbranch_dtype)
+    return dx, dbranch, dgate, dshift, dscale, dbias
 
 
 def _setup_context(ctx, inputs, output) -> None:
