@@ -67,8 +67,8 @@ def label(name: str, result: dict) -> str:
         parts.append("adaLN Linears: torch")
     if result.get("fused_mlp") and result.get("cublaslt_memset_penalty_us") == 0:
         parts.append("no memset penalty")
-    if result.get("fused_adaln") and result.get("adaln_partial_sums") == "torch":
-        parts.append("adaLN sums: torch")
+    if result.get("fused_adaln") and result.get("adaln_partial_sums") == "kernel":
+        parts.append("adaLN sums: 1 kernel")
     if result.get("fused_mlp") and result.get("cublaslt_autotune") == "eager":
         parts.append("cuBLASLt tuned eager")
     return "\n".join(parts)

@@ -34,8 +34,10 @@
 #   pa  p1 with cuBLASLt's algorithms timed on the stream among those with a workspace (p1 as of
 #       f2452fd), not inside a CUDA graph with workspace-free candidates too
 #   pm  p1 with the adaLN modulation Linears through PyTorch, not autotuned cuBLASLt GEMMs
-#   ps  p1 with the adaLN backward's partial sums finished by a torch sum each, not one kernel
+#   ps  p1 with the adaLN backward's partial sums finished by a torch sum each (the default again
+#       since the kernel's first version measured slower); pk  the same with the one Triton kernel
 #   pp  p1 without the memset penalty in cuBLASLt's graph autotuning (cublaslt.MEMSET_PENALTY_US)
+#   p7  p1 as of f2452fd (the seventh session's): pa + pm + ps (the colsum_total kernel stays)
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -122,8 +124,12 @@ for v in $VARIANTS; do
                 --torch-adaln-linears ;;
         ps) bench ps --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --adaln-partial-sums torch ;;
+        pk) bench pk --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --adaln-partial-sums kernel ;;
         pp) bench pp --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --cublaslt-memset-penalty 0 ;;
+        p7) bench p7 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --cublaslt-autotune eager --torch-adaln-linears --adaln-partial-sums torch ;;
         m0) bench m0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --no-deferred-biases ;;
         *) echo "unknown variant $v" ;;
     esac

@@ -152,10 +152,30 @@ def opcheck_results(device="cpu", test_utils=None) -> dict[str, str]:
     return results
 
 
+def error_ratios_with_finish(case, finish: str, **kwargs) -> dict[str, float]:
+    """``kernel_error_ratios`` with the backward's partial sums finished as ``finish`` says."""
+    from reed_image.models import fused_adaln
+
+    before = fused_adaln.FINISH_PARTIAL_SUMS
+    fused_adaln.FINISH_PARTIAL_SUMS = finish
+    try:
+        return kernel_error_ratios(*case, **kwargs)
+    finally:
+        fused_adaln.FINISH_PARTIAL_SUMS = before
+
+
+FINISH_MODES = ("torch", "kernel")
+
+
 def interpreter_report() -> dict:
-    """Run inside the ``TRITON_INTERPRET=1`` subprocess: every kernel case and opcheck, as JSON."""
+    """Run inside the ``TRITON_INTERPRET=1`` subprocess: every kernel case (with each way of
+    finishing the backward's partial sums) and opcheck, as JSON."""
     return {
-        "cases": {case_id(case): kernel_error_ratios(*case) for case in KERNEL_CASES},
+        "cases": {
+            f"{case_id(case)}-{finish}": error_ratios_with_finish(case, finish)
+            for case in KERNEL_CASES
+            for finish in FINISH_MODES
+        },
         "opcheck": opcheck_results(
             test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
         ),
@@ -263,9 +283,10 @@ def interpreter(triton_interpreter_report):
     return triton_interpreter_report(Path(__file__))
 
 
+@pytest.mark.parametrize("finish", FINISH_MODES)
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=case_id)
-def test_triton_interpreter_matches_float64_oracle(interpreter, case):
-    ratios = interpreter["cases"][case_id(case)]
+def test_triton_interpreter_matches_float64_oracle(interpreter, case, finish):
+    ratios = interpreter["cases"][f"{case_id(case)}-{finish}"]
     (_, _, _), mode, _ = case
     expected = {"x_out", "h", "dx", "dshift", "dscale"} | ({"dbranch"} if mode != "none" else set())
     expected |= {"dgate"} if mode in ("gated", "biased") else set()
@@ -282,9 +303,10 @@ def test_triton_interpreter_opcheck(interpreter):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("finish", FINISH_MODES)
 @pytest.mark.parametrize("case", GPU_CASES, ids=case_id)
-def test_triton_cuda_matches_float64_oracle(case):
-    ratios = kernel_error_ratios(*case, device="cuda")
+def test_triton_cuda_matches_float64_oracle(case, finish):
+    ratios = error_ratios_with_finish(case, finish, device="cuda")
     assert all(r <= 1.0 for r in ratios.values()), ratios
 
 

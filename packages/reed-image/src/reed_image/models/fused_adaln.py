@@ -65,10 +65,13 @@ __all__ = ["add_norm_modulate", "add_norm_modulate_reference", "triton_path_avai
 
 # float32 partial sums of the backward: aim for this many programs per SM (B * tiles in all)
 _BWD_PROGRAMS_PER_SM = 2
-# how the backward's partial sums are finished: "kernel" (one Triton launch for dgate, dshift,
-# dscale and dbias) or "torch" (a .sum() each, which inductor runs as 4-5 small kernels a call;
-# tools/bench_image.py --adaln-partial-sums torch, for A/B timings)
-FINISH_PARTIAL_SUMS = "kernel"
+# how the backward's partial sums are finished: "torch" (a .sum() each, which inductor runs as 4-5
+# small kernels a call, about 20 us with their launch gaps at SiT-XL/2 on an H100) or "kernel" (one
+# Triton launch for dgate, dshift, dscale and dbias). The kernel's first version took 45 us a call
+# in the step's profile (its dbias sum: 9 programs of 16 sequential loop steps); the current one
+# (72 programs of 4 steps for dbias, started first) is tested (interpreter) but was not timed on a
+# GPU, so "torch" stays the default (tools/bench_image.py --adaln-partial-sums kernel)
+FINISH_PARTIAL_SUMS = "torch"
 
 
 def add_norm_modulate_reference(
@@ -359,25 +362,40 @@ if triton is not None:
         dshift_ptr,
         dscale_ptr,
         dbias_ptr,
-        batch,
         num_tiles,
         dim,
         NEED_DGATE: tl.constexpr,
-        NEED_DBIAS: tl.constexpr,
         DBIAS_ROWS: tl.constexpr,
-        BLOCK_TILES: tl.constexpr,
+        DBIAS_PROGRAMS: tl.constexpr,
+        DBIAS_BLOCK_D: tl.constexpr,
         BLOCK_ROWS: tl.constexpr,
+        BLOCK_TILES: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        """The backward's float32 partial sums ``[B, tiles, D]`` finished in one launch: programs
-        ``< B * ceil(D / BLOCK_D)`` sum one sample's tiles for a column block of dshift/dscale
-        (and dgate); the rest sum all ``DBIAS_ROWS = B * tiles`` rows for a column block of dbias."""
+        """The backward's float32 partial sums ``[B, tiles, D]`` finished in one launch. The first
+        ``DBIAS_PROGRAMS`` programs (0 without a bias) sum all ``DBIAS_ROWS = B * tiles`` rows for
+        ``DBIAS_BLOCK_D`` columns of dbias each (narrow column blocks: many programs, few loop
+        steps; they are the longest, so they start first); each of the rest sums one sample's tiles
+        for ``BLOCK_D`` columns of dshift/dscale (and dgate)."""
         pid = tl.program_id(0)
-        column_blocks = tl.cdiv(dim, BLOCK_D)
-        cols = (pid % column_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        col_mask = cols < dim
-        if pid < batch * column_blocks:
+        if pid < DBIAS_PROGRAMS:
+            cols = pid * DBIAS_BLOCK_D + tl.arange(0, DBIAS_BLOCK_D)
+            col_mask = cols < dim
+            acc = tl.zeros([DBIAS_BLOCK_D], dtype=tl.float32)
+            for start in tl.range(0, DBIAS_ROWS, BLOCK_ROWS):
+                rows = start + tl.arange(0, BLOCK_ROWS)
+                mask = (rows < DBIAS_ROWS)[:, None] & col_mask[None, :]
+                acc += tl.sum(
+                    tl.load(dbias_partial_ptr + rows[:, None] * dim + cols[None, :], mask=mask, other=0.0),
+                    axis=0,
+                )
+            tl.store(dbias_ptr + cols, acc, mask=col_mask)
+        else:
+            pid -= DBIAS_PROGRAMS
+            column_blocks = tl.cdiv(dim, BLOCK_D)
             sample = pid // column_blocks
+            cols = (pid % column_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+            col_mask = cols < dim
             tiles = tl.arange(0, BLOCK_TILES)
             mask = (tiles < num_tiles)[:, None] & col_mask[None, :]
             offsets = (sample * num_tiles + tiles)[:, None] * dim + cols[None, :]
@@ -389,16 +407,6 @@ if triton is not None:
             if NEED_DGATE:
                 dgate = tl.sum(tl.load(dgate_partial_ptr + offsets, mask=mask, other=0.0), axis=0)
                 tl.store(dgate_ptr + out, dgate, mask=col_mask)
-        elif NEED_DBIAS:
-            acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for start in tl.range(0, DBIAS_ROWS, BLOCK_ROWS):
-                rows = start + tl.arange(0, BLOCK_ROWS)
-                mask = (rows < DBIAS_ROWS)[:, None] & col_mask[None, :]
-                acc += tl.sum(
-                    tl.load(dbias_partial_ptr + rows[:, None] * dim + cols[None, :], mask=mask, other=0.0),
-                    axis=0,
-                )
-            tl.store(dbias_ptr + cols, acc, mask=col_mask)
 
 
 @triton_op("reed_image::add_norm_modulate_fwd", mutates_args=())
@@ -584,8 +592,9 @@ def _add_norm_modulate_bwd(
         else:
             finish = wrap_triton(_finish_partial_sums_kernel)
         block_d = min(128, triton.next_power_of_2(dim))
-        column_blocks = triton.cdiv(dim, block_d)
-        finish[(batch * column_blocks + (column_blocks if need_dbias else 0),)](
+        dbias_block_d = min(16, triton.next_power_of_2(dim))
+        dbias_programs = triton.cdiv(dim, dbias_block_d) if need_dbias else 0
+        finish[(dbias_programs + batch * triton.cdiv(dim, block_d),)](
             dgate_partial if need_dgate else dshift_partial,
             dshift_partial,
             dscale_partial,
@@ -594,14 +603,14 @@ def _add_norm_modulate_bwd(
             dshift,
             dscale,
             dbias if need_dbias else dshift,
-            batch,
             tiles,
             dim,
             NEED_DGATE=need_dgate,
-            NEED_DBIAS=need_dbias,
             DBIAS_ROWS=batch * tiles if need_dbias else 0,
+            DBIAS_PROGRAMS=dbias_programs,
+            DBIAS_BLOCK_D=dbias_block_d,
+            BLOCK_ROWS=128,
             BLOCK_TILES=triton.next_power_of_2(tiles),
-            BLOCK_ROWS=32,
             BLOCK_D=block_d,
             num_warps=4,
         )
