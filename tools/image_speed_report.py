@@ -90,7 +90,7 @@ def main() -> None:
 
     names = sorted(results, key=lambda n: results[n]["images_per_s"])
     speeds = [results[n]["images_per_s"] for n in names]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 4))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(names), 4.4))
     bars = ax.bar([label(n, results[n]) for n in names], speeds, color="tab:blue")
     ax.bar_label(bars, labels=[f"{s:.1f}" for s in speeds])
     ax.axhline(TARGET_IMAGES_PER_S, color="tab:red", linestyle="--", label="target 600 images/s")

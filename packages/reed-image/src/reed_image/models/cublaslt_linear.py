@@ -11,7 +11,8 @@ Under ``torch.compile`` PyTorch runs a Linear's GEMMs through cuBLAS with its he
 algorithm; here each GEMM shape gets the fastest of the heuristic's first
 ``cublaslt.AUTOTUNE_CANDIDATES``, timed on its first call (as ``fused_mlp`` does for the MLP). SiT
 runs its attention's qkv and proj Linears through this with ``model.fused_mlp``
-(``sit.CUBLASLT_ATTENTION_LINEARS``). Where the cuBLASLt path cannot run (CPU, float32, a dimension
+(``sit.CUBLASLT_ATTENTION_LINEARS``), and with ``fused_adaln`` too the chained blocks' adaLN
+Linears (``sit.CUBLASLT_ADALN_LINEARS``). Where the cuBLASLt path cannot run (CPU, float32, a dimension
 not a multiple of 8) the same ops compute with PyTorch's matmuls. Both directions are custom ops
 (``reed_image::cublaslt_linear_fwd/bwd``) tied with ``register_autograd``, opaque to
 ``torch.compile`` and recorded by CUDA-graph capture (plans are made in the warm-up steps).
