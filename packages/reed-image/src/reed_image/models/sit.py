@@ -225,6 +225,10 @@ class Attention(nn.Module):
         plain = type(self.qkv) is nn.Linear and type(self.proj) is nn.Linear  # not converted (FP8)
         linear = cublaslt_linear if self.cublaslt_gemms and CUBLASLT_ATTENTION_LINEARS and plain else F.linear
 
+        def qkv_projection(x: torch.Tensor) -> torch.Tensor:
+            # a converted layer (FP8) keeps its own forward: the module is called, not its weights
+            return self.qkv(x) if linear is F.linear else linear(x, self.qkv.weight, self.qkv.bias)
+
         def proj(out: torch.Tensor) -> torch.Tensor:
             if proj_bias and linear is F.linear:
                 return self.proj(out)
@@ -236,14 +240,12 @@ class Attention(nn.Module):
                 qkv = linear(x, self.qkv.weight, self.qkv.bias.detach())
                 qkv = qkv.view(B, N, 3, self.num_heads, self.head_dim)
                 return proj(packed_attention(qkv, self.qkv.bias).reshape(B, N, C))
-            qkv = self.qkv(x) if linear is F.linear else linear(x, self.qkv.weight, self.qkv.bias)
-            qkv = qkv.view(B, N, 3, self.num_heads, self.head_dim)
+            qkv = qkv_projection(x).view(B, N, 3, self.num_heads, self.head_dim)
             if self.qk_norm:
                 q, k, v = qkv.unbind(2)
                 qkv = torch.stack((self.q_norm(q), self.k_norm(k), v), dim=2)
             return proj(packed_attention(qkv).reshape(B, N, C))
-        qkv = self.qkv(x) if linear is F.linear else linear(x, self.qkv.weight, self.qkv.bias)
-        qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = qkv_projection(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, nh, N, hs)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.backends is None:
