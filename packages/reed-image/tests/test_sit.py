@@ -262,6 +262,31 @@ def test_fused_gelu_mlp_keeps_a_converted_fc1_layer():
     assert CountingLinear.calls == 1
 
 
+@pytest.mark.parametrize("backend", ["auto", "fa4"])
+def test_attention_with_cublaslt_gemms_keeps_a_converted_qkv_layer(backend):
+    """A qkv Linear swapped for another class (as FP8 conversion does) runs its own forward, also
+    where the plain layers would go through ``cublaslt_linear``; the output is unchanged."""
+    from reed_image.models.sit import Attention
+
+    class CountingLinear(torch.nn.Linear):
+        calls = 0
+
+        def forward(self, x):
+            CountingLinear.calls += 1
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    plain = Attention(16, 2, backend=backend).double()
+    fast = Attention(16, 2, backend=backend, cublaslt_gemms=True).double()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 8, 16).double()
+    torch.testing.assert_close(fast(x), plain(x))
+    fast.qkv = CountingLinear(16, 48).double()
+    fast.qkv.load_state_dict(plain.qkv.state_dict())
+    torch.testing.assert_close(fast(x), plain(x))
+    assert CountingLinear.calls == 1
+
+
 def test_unknown_attention_kernel_is_a_clear_error():
     with pytest.raises(ValueError, match="model.attention: unknown 'fast'"):
         SiT(SiTConfig(arch="SiT-S/4", input_size=16, attention="fast"))
