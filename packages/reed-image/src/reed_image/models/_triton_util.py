@@ -2,7 +2,8 @@
 
 Whether the Triton path runs for a device (CUDA, or CPU through Triton's interpreter when
 ``TRITON_INTERPRET=1`` was set before Triton was imported), the kernel to launch in interpreter mode,
-and the SM count that sizes grids of float32 partial sums.
+the SM count that sizes grids of float32 partial sums, and ``column_sum``, the in-kernel sum over the
+rows of such partial sums.
 """
 
 import functools
@@ -11,6 +12,7 @@ import torch
 
 try:
     import triton
+    import triton.language as tl
 except ImportError:  # pragma: no cover - Triton ships with CUDA builds of PyTorch on Linux
     triton = None
 
@@ -55,3 +57,22 @@ def multiprocessor_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 2  # interpreter: few programs, but still more than one tile of rows
+
+
+if triton is not None:
+
+    @triton.jit
+    def column_sum(
+        ptr, cols, col_mask, width, ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+    ):
+        """``sum_r x[r, cols]`` (float32 ``[BLOCK_C]``) of a row-major ``x [ROWS, width]`` at ``ptr``,
+        ``BLOCK_R`` rows a loop step; columns outside ``col_mask`` read as 0."""
+        acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for start in tl.range(0, ROWS, BLOCK_R):
+            rows = start + tl.arange(0, BLOCK_R)
+            mask = (rows < ROWS)[:, None] & col_mask[None, :]
+            acc += tl.sum(tl.load(ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0), axis=0)
+        return acc
+
+else:  # pragma: no cover
+    column_sum = None

@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from reed_image.models._triton_util import TRITON_INTERPRET, interpreter_kernel
+from reed_image.models._triton_util import TRITON_INTERPRET, column_sum, interpreter_kernel
 
 try:
     import triton
@@ -201,13 +201,7 @@ if triton is not None:
         """``total[c] = sum_r colsum[r, c]`` for ``colsum [ROWS, width]``, ``BLOCK_C`` columns a program."""
         cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         col_mask = cols < width
-        acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-        for start in tl.range(0, ROWS, BLOCK_R):
-            rows = start + tl.arange(0, BLOCK_R)
-            mask = (rows < ROWS)[:, None] & col_mask[None, :]
-            acc += tl.sum(
-                tl.load(colsum_ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0), axis=0
-            )
+        acc = column_sum(colsum_ptr, cols, col_mask, width, ROWS, BLOCK_R, BLOCK_C)
         tl.store(total_ptr + cols, acc, mask=col_mask)
 
 

@@ -50,6 +50,7 @@ from torch.library import register_autograd, triton_op, wrap_triton
 
 from reed_image.models._triton_util import (
     TRITON_INTERPRET,
+    column_sum,
     interpreter_kernel,
     multiprocessor_count,
     triton_path_available,
@@ -381,14 +382,7 @@ if triton is not None:
         if pid < DBIAS_PROGRAMS:
             cols = pid * DBIAS_BLOCK_D + tl.arange(0, DBIAS_BLOCK_D)
             col_mask = cols < dim
-            acc = tl.zeros([DBIAS_BLOCK_D], dtype=tl.float32)
-            for start in tl.range(0, DBIAS_ROWS, BLOCK_ROWS):
-                rows = start + tl.arange(0, BLOCK_ROWS)
-                mask = (rows < DBIAS_ROWS)[:, None] & col_mask[None, :]
-                acc += tl.sum(
-                    tl.load(dbias_partial_ptr + rows[:, None] * dim + cols[None, :], mask=mask, other=0.0),
-                    axis=0,
-                )
+            acc = column_sum(dbias_partial_ptr, cols, col_mask, dim, DBIAS_ROWS, BLOCK_ROWS, DBIAS_BLOCK_D)
             tl.store(dbias_ptr + cols, acc, mask=col_mask)
         else:
             pid -= DBIAS_PROGRAMS
@@ -576,17 +570,19 @@ def _add_norm_modulate_bwd(
             dgate_partial.zero_()
         if need_dbias:
             dbias_partial.zero_()
+    if FINISH_PARTIAL_SUMS == "torch":
+        dgate = dgate_partial.sum(dim=1) if need_dgate else x_out.new_empty(0, dtype=torch.float32)
+        dbias = dbias_partial.sum(dim=(0, 1)) if need_dbias else x_out.new_empty(0, dtype=torch.float32)
+        dshift, dscale = dshift_partial.sum(dim=1), dscale_partial.sum(dim=1)
+        dbranch = dbranch if need_dbranch else x_out.new_empty(0, dtype=dbranch_dtype)
+        return dx, dbranch, dgate, dshift, dscale, dbias
     # the partial sums finished by one more kernel (in place of a reduction kernel per output,
     # each with its launch gap: 4-5 small kernels a call)
     dgate = x_out.new_empty((batch, dim) if need_dgate else (0,), dtype=torch.float32)
     dshift = x_out.new_empty((batch, dim), dtype=torch.float32)
     dscale = x_out.new_empty((batch, dim), dtype=torch.float32)
     dbias = x_out.new_empty((dim,) if need_dbias else (0,), dtype=torch.float32)
-    if FINISH_PARTIAL_SUMS == "torch":
-        dgate = dgate_partial.sum(dim=1) if need_dgate else dgate
-        dbias = dbias_partial.sum(dim=(0, 1)) if need_dbias else dbias
-        dshift, dscale = dshift_partial.sum(dim=1), dscale_partial.sum(dim=1)
-    elif batch * dim > 0:
+    if batch * dim > 0:
         if TRITON_INTERPRET:
             finish = interpreter_kernel(_finish_partial_sums_kernel, x_out, "add_norm_modulate")
         else:
