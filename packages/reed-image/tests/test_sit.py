@@ -240,9 +240,8 @@ def test_fused_mlp_routes_attention_and_chained_adaln_linears_through_cublaslt(a
         torch.testing.assert_close(q.grad, p.grad, msg=name)
 
 
-def test_fused_gelu_mlp_keeps_a_converted_fc1_layer():
-    """An fc1 swapped for another Linear class (as FP8 conversion does) runs its own forward."""
-    from reed_image.models.sit import Mlp
+def counting_linear_class() -> type:
+    """A fresh ``nn.Linear`` subclass (as FP8 conversion swaps in) that counts its forward calls."""
 
     class CountingLinear(torch.nn.Linear):
         calls = 0
@@ -251,6 +250,14 @@ def test_fused_gelu_mlp_keeps_a_converted_fc1_layer():
             CountingLinear.calls += 1
             return super().forward(x)
 
+    return CountingLinear
+
+
+def test_fused_gelu_mlp_keeps_a_converted_fc1_layer():
+    """An fc1 swapped for another Linear class (as FP8 conversion does) runs its own forward."""
+    from reed_image.models.sit import Mlp
+
+    CountingLinear = counting_linear_class()
     torch.manual_seed(0)
     plain, fused = Mlp(8, 32), Mlp(8, 32, fused_gelu=True)
     fused.load_state_dict(plain.state_dict())
@@ -268,13 +275,7 @@ def test_attention_with_cublaslt_gemms_keeps_a_converted_qkv_layer(backend):
     where the plain layers would go through ``cublaslt_linear``; the output is unchanged."""
     from reed_image.models.sit import Attention
 
-    class CountingLinear(torch.nn.Linear):
-        calls = 0
-
-        def forward(self, x):
-            CountingLinear.calls += 1
-            return super().forward(x)
-
+    CountingLinear = counting_linear_class()
     torch.manual_seed(0)
     plain = Attention(16, 2, backend=backend).double()
     fast = Attention(16, 2, backend=backend, cublaslt_gemms=True).double()
