@@ -201,6 +201,12 @@ def main() -> None:
         "autotuned cuBLASLt GEMMs (sit.CUBLASLT_ADALN_LINEARS off)",
     )
     p.add_argument(
+        "--conv-patch-embed",
+        action="store_true",
+        help="the patch embedding as SiT's Conv2d, not one Linear on the flattened patches "
+        "(sit.PATCH_EMBED = conv)",
+    )
+    p.add_argument(
         "--no-fold-qkv-bias",
         action="store_true",
         help="attention fa4: the qkv bias gradient by autograd's reduction, not from the attention "
@@ -240,6 +246,7 @@ def main() -> None:
     sit.FOLD_QKV_BIAS_GRAD = not args.no_fold_qkv_bias
     sit.CUBLASLT_ATTENTION_LINEARS = not args.torch_attention_linears
     sit.CUBLASLT_ADALN_LINEARS = not args.torch_adaln_linears
+    sit.PATCH_EMBED = "conv" if args.conv_patch_embed else sit.PATCH_EMBED
     flash_attention.PREPOST = args.fa4_prepost or flash_attention.PREPOST
     if args.fa4_backward_config:
         flash_attention.BACKWARD_CONFIG = json.loads(args.fa4_backward_config)
@@ -355,6 +362,7 @@ def main() -> None:
         "fold_qkv_bias_grad": sit.FOLD_QKV_BIAS_GRAD,
         "cublaslt_attention_linears": sit.CUBLASLT_ATTENTION_LINEARS and args.fused_mlp,
         "cublaslt_adaln_linears": sit.CUBLASLT_ADALN_LINEARS and args.fused_mlp and args.fused_adaln,
+        "patch_embed": sit.PATCH_EMBED,
         "fa4_prepost": flash_attention.PREPOST,
         "fa4_backward_config": flash_attention.BACKWARD_CONFIG,
         "fc1_bias_grad": fused_mlp.FC1_BIAS_GRAD,

@@ -38,6 +38,8 @@
 #       since the kernel's first version measured slower); pk  the same with the one Triton kernel
 #   pp  p1 without the memset penalty in cuBLASLt's graph autotuning (cublaslt.MEMSET_PENALTY_US)
 #   p7  p1 as of f2452fd (the seventh session's): pa + pm + ps (the colsum_total kernel stays)
+#   pc  p1 with the patch embedding as SiT's Conv2d (sit.PATCH_EMBED = conv), not one Linear
+#   p8  p1 as of 9239d76 (the eighth session's): pc with the torch partial sums
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
@@ -130,6 +132,10 @@ for v in $VARIANTS; do
                 --cublaslt-memset-penalty 0 ;;
         p7) bench p7 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --cublaslt-autotune eager --torch-adaln-linears --adaln-partial-sums torch ;;
+        pc) bench pc --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --conv-patch-embed ;;
+        p8) bench p8 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --conv-patch-embed --adaln-partial-sums torch ;;
         m0) bench m0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --no-deferred-biases ;;
         *) echo "unknown variant $v" ;;
     esac

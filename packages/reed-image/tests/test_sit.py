@@ -117,6 +117,33 @@ def test_taps_read_each_block_output_at_its_own_depth():
         FeatureTaps(model, {"c": 4})
 
 
+@pytest.mark.parametrize("arch, in_channels", [("SiT-S/2", 4), ("SiT-S/4", 3)])
+def test_patch_embedding_as_a_linear_is_the_convolution(arch, in_channels):
+    torch.manual_seed(0)
+    model = SiT(
+        SiTConfig(
+            arch=arch,
+            input_size=16,
+            in_channels=in_channels,
+            num_classes=10,
+            depth=1,
+            hidden_size=32,
+            num_heads=2,
+        )
+    )
+    torch.nn.init.normal_(model.x_embedder.bias)
+    x = torch.randn(3, in_channels, 16, 16)
+    h = model.embed_patches(x)
+    conv = model.x_embedder(x).flatten(2).transpose(1, 2)
+    assert h.shape == conv.shape == (3, model.num_tokens, 32) and h.is_contiguous()
+    torch.testing.assert_close(h, conv)
+    dh = torch.randn_like(h)
+    grads = torch.autograd.grad(h, (model.x_embedder.weight, model.x_embedder.bias), dh)
+    conv_grads = torch.autograd.grad(conv, (model.x_embedder.weight, model.x_embedder.bias), dh)
+    for got, want in zip(grads, conv_grads):
+        torch.testing.assert_close(got, want)
+
+
 def test_qk_norm_adds_per_head_norms_and_runs():
     base = SiTConfig(
         arch="SiT-S/4", input_size=16, in_channels=1, num_classes=10, depth=2, hidden_size=32, num_heads=2

@@ -380,10 +380,13 @@ if triton is not None:
         for ``BLOCK_D`` columns of dshift/dscale (and dgate)."""
         pid = tl.program_id(0)
         if pid < DBIAS_PROGRAMS:
-            cols = pid * DBIAS_BLOCK_D + tl.arange(0, DBIAS_BLOCK_D)
-            col_mask = cols < dim
-            acc = column_sum(dbias_partial_ptr, cols, col_mask, dim, DBIAS_ROWS, BLOCK_ROWS, DBIAS_BLOCK_D)
-            tl.store(dbias_ptr + cols, acc, mask=col_mask)
+            # (own names: Triton wants a variable that both branches assign to keep its shape)
+            bias_cols = pid * DBIAS_BLOCK_D + tl.arange(0, DBIAS_BLOCK_D)
+            bias_mask = bias_cols < dim
+            acc = column_sum(
+                dbias_partial_ptr, bias_cols, bias_mask, dim, DBIAS_ROWS, BLOCK_ROWS, DBIAS_BLOCK_D
+            )
+            tl.store(dbias_ptr + bias_cols, acc, mask=bias_mask)
         else:
             pid -= DBIAS_PROGRAMS
             column_blocks = tl.cdiv(dim, BLOCK_D)

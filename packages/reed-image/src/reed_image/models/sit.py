@@ -292,6 +292,9 @@ class Mlp(nn.Module):
 # the chained fused_adaln blocks add proj's and fc2's biases in the adaLN kernels (deferred_bias);
 # False keeps them in the GEMMs (tools/bench_image.py --no-deferred-biases, for A/B timings)
 DEFER_BRANCH_BIASES = True
+# how SiT.embed_patches runs the patch embedding: "linear" (one Linear on the flattened patches,
+# token-major output) or "conv" (the Conv2d, as DiT/SiT write it; its output is strided)
+PATCH_EMBED = "linear"
 
 
 def deferred_bias(linear: nn.Module) -> torch.Tensor | None:
@@ -495,6 +498,27 @@ class SiT(nn.Module):
                 f"(model.in_channels, model.input_size), got {tuple(x.shape)}"
             )
 
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, C, H, W] -> [B, N, D]``: the patch embedding, ``x_embedder`` (a Conv2d with
+        kernel = stride = p), as one Linear on the flattened patches.
+
+            patches[b, (i, j), (c, u, v)] = x[b, c, i p + u, j p + v]
+            h = patches W^T + b,      W = x_embedder.weight viewed [D, C p p]
+
+        The same sum as the convolution, with its parameters (checkpoints unchanged); ``h`` comes
+        out token-major and contiguous. ``PATCH_EMBED = "conv"`` runs the Conv2d instead, whose
+        output transposed to ``[B, N, D]`` is strided: at SiT-XL/2 shapes on an H100 cuDNN's
+        convolution, its layout conversions and the strided adds and copies after it took about
+        0.9 ms of a training step, forward and backward.
+        """
+        if PATCH_EMBED == "conv":
+            return self.x_embedder(x).flatten(2).transpose(1, 2)
+        p, g = self.patch_size, self.grid
+        patches = x.reshape(x.shape[0], self.in_channels, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(x.shape[0], g * g, self.in_channels * p * p)
+        weight = self.x_embedder.weight.reshape(self.hidden_size, -1)
+        return F.linear(patches, weight, self.x_embedder.bias)
+
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, p*p*C] -> [B, C, H, W]``."""
         p, c, g = self.patch_size, self.out_channels, self.grid
@@ -509,7 +533,7 @@ class SiT(nn.Module):
         hooks (:class:`reed_core.taps.FeatureTaps` through ``tap_points()``).
         """
         self.check_input(x)
-        h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        h = self.embed_patches(x) + self.pos_embed  # (B, N, D)
         c = self.t_embedder(tau) + self.y_embedder(y)  # (B, D)
         # at least float32 (also with bf16 parameters, train.param_dtype): every block adds to its gradient
         c = c.to(torch.promote_types(c.dtype, torch.float32))
