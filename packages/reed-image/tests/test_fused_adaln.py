@@ -30,6 +30,9 @@ from reed_image.models.fused_adaln import (
 from reed_image.models.sit import modulate
 
 BRANCH_MODES = ("gated", "biased", "ungated", "none")  # biased: gated, with the branch's Linear bias
+# kernel cases only: "positional" is SiT's first call, x [1, N, D] (the positional embedding, a
+# buffer: no gradient) + an ungated branch (the patch embedding); "positional_dx" the same with a
+# gradient for x (summed over the batch)
 # (B, N, D), branch mode, whether x_out gets a gradient; D not a power of two, 1152 = SiT-XL
 KERNEL_CASES = [
     ((2, 5, 72), "gated", True),
@@ -40,11 +43,15 @@ KERNEL_CASES = [
     ((1, 1, 16), "gated", True),
     ((2, 5, 72), "biased", True),
     ((2, 3, 1152), "biased", False),
+    ((3, 5, 72), "positional", True),
+    ((2, 3, 1152), "positional", True),
+    ((3, 4, 96), "positional_dx", True),
 ]
 GPU_CASES = KERNEL_CASES + [
     ((64, 256, 1152), "gated", True),
     ((64, 256, 1152), "biased", True),
     ((4, 64, 384), "none", True),
+    ((64, 256, 1152), "positional", True),
 ]
 BF16_ULP = 2.0**-7  # one bfloat16 ulp, relative (interpreter truncates; the GPU rounds to nearest)
 
@@ -59,7 +66,9 @@ def make_inputs(shape, mode, dtype, small_dtype, device="cpu", seed=0):
     output; bias (float32, as a Linear's parameter under autocast) only in mode "biased"."""
     g = torch.Generator().manual_seed(seed)
     b, n, d = shape
-    x = (torch.randn(b, n, d, generator=g) * 2 + 0.3).to(device, dtype)
+    x = (torch.randn(1 if mode.startswith("positional") else b, n, d, generator=g) * 2 + 0.3).to(
+        device, dtype
+    )
     branch = torch.randn(b, n, d, generator=g).to(device, small_dtype) if mode != "none" else None
     adaln = (torch.randn(b, 6 * d, generator=g) * 0.5).to(device, small_dtype)
     shift, scale, gate = adaln[:, :d], adaln[:, d : 2 * d], adaln[:, 2 * d : 3 * d]
@@ -67,19 +76,23 @@ def make_inputs(shape, mode, dtype, small_dtype, device="cpu", seed=0):
     return x, branch, (gate if mode in ("gated", "biased") else None), shift, scale, bias
 
 
-def leaves_of(tensors):
-    return [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
+def leaves_of(tensors, frozen_x=False):
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
+    if frozen_x:  # x as a buffer (SiT's positional embedding): no gradient asked for
+        leaves[0].requires_grad_(False)
+    return leaves
 
 
-def value_and_grads(fn, inputs, dx_out, dh):
-    """``(x_out, h, grads of the non-None inputs)`` for upstream gradients ``dx_out`` (or None), ``dh``."""
-    leaves = leaves_of(inputs)
+def value_and_grads(fn, inputs, dx_out, dh, frozen_x=False):
+    """``(x_out, h, grads of the non-None inputs)`` for upstream gradients ``dx_out`` (or None),
+    ``dh``; without x's with ``frozen_x``."""
+    leaves = leaves_of(inputs, frozen_x)
     x_out, h = fn(*leaves)
     outputs, upstream = [h], [dh.to(h.dtype)]
     if dx_out is not None:
         outputs.append(x_out)
         upstream.append(dx_out.to(x_out.dtype))
-    grads = torch.autograd.grad(outputs, [t for t in leaves if t is not None], upstream)
+    grads = torch.autograd.grad(outputs, [t for t in leaves if t is not None and t.requires_grad], upstream)
     return x_out, h, grads
 
 
@@ -106,19 +119,24 @@ def kernel_error_ratios(shape, mode, grad_x_out, device="cpu", seed=0, fn=fused_
     g = torch.Generator().manual_seed(seed + 1)
     dx_out = torch.randn(shape, generator=g).to(device) if grad_x_out else None
     dh = torch.randn(shape, generator=g).to(device, torch.bfloat16)
-    x_out, h, grads = value_and_grads(fn, inputs, dx_out, dh)
+    frozen_x = mode == "positional"
+    x_out, h, grads = value_and_grads(fn, inputs, dx_out, dh, frozen_x)
     inputs64 = [t.double() if t is not None else None for t in inputs]
     x_out64, h64, grads64 = value_and_grads(
         reference64,
         inputs64,
         dx_out.double() if grad_x_out else None,
         dh.double(),
+        frozen_x,
     )
     assert x_out.dtype == torch.float32 and h.dtype == torch.bfloat16
     ratios = {"x_out": worst_error_ratio(x_out, x_out64, 1e-6), "h": worst_error_ratio(h, h64, BF16_ULP)}
+    assert x_out.shape == shape
     names = ("dx", "dbranch", "dgate", "dshift", "dscale", "dbias")
-    names = [name for name, t in zip(names, inputs, strict=True) if t is not None]
-    for name, grad, grad64, given in zip(names, grads, grads64, [t for t in inputs if t is not None]):
+    asked = [t is not None and not (frozen_x and i == 0) for i, t in enumerate(inputs)]
+    names = [name for name, ask in zip(names, asked, strict=True) if ask]
+    givens = [t for t, ask in zip(inputs, asked) if ask]
+    for name, grad, grad64, given in zip(names, grads, grads64, givens, strict=True):
         assert grad.dtype == given.dtype and grad.shape == given.shape, name
         ratios[name] = worst_error_ratio(grad, grad64, 1e-5 if grad.dtype == torch.float32 else BF16_ULP)
     return ratios
@@ -264,6 +282,8 @@ def test_shape_errors():
         add_norm_modulate(x[0], branch, gate, shift, scale)
     with pytest.raises(ValueError, match="branch"):
         add_norm_modulate(x, branch[:, :2], gate, shift, scale)
+    with pytest.raises(ValueError, match=r"or \[1, N, D\]"):
+        add_norm_modulate(torch.cat([x, x]), branch, gate, shift, scale)
     with pytest.raises(ValueError, match="gate needs a branch"):
         add_norm_modulate(x, None, gate, shift, scale)
     with pytest.raises(ValueError, match="scale must be"):
@@ -288,7 +308,8 @@ def interpreter(triton_interpreter_report):
 def test_triton_interpreter_matches_float64_oracle(interpreter, case, finish):
     ratios = interpreter["cases"][f"{case_id(case)}-{finish}"]
     (_, _, _), mode, _ = case
-    expected = {"x_out", "h", "dx", "dshift", "dscale"} | ({"dbranch"} if mode != "none" else set())
+    expected = {"x_out", "h", "dshift", "dscale"} | ({"dx"} if mode != "positional" else set())
+    expected |= {"dbranch"} if mode != "none" else set()
     expected |= {"dgate"} if mode in ("gated", "biased") else set()
     assert set(ratios) == expected | ({"dbias"} if mode == "biased" else set())
     assert all(r <= 1.0 for r in ratios.values()), ratios

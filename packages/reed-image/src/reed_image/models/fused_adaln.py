@@ -125,7 +125,9 @@ def add_norm_modulate(
 
     ``x [B, N, D]`` (the residual stream, float32 in training), ``branch [B, N, D]`` or None,
     ``gate``/``shift``/``scale [B, D]`` (rows may be strided, e.g. chunks of one adaLN output).
-    With ``branch`` None, ``x_out`` is ``x`` itself. ``h`` comes out in ``out_dtype`` (default:
+    With a branch, ``x`` may be ``[1, N, D]``, added to every sample (SiT's first call: the
+    positional embedding, with the patch embedding as the ungated branch); ``x_out`` is then
+    ``[B, N, D]``. With ``branch`` None, ``x_out`` is ``x`` itself. ``h`` comes out in ``out_dtype`` (default:
     ``branch``'s dtype, else ``x``'s; pass the autocast dtype when ``h`` feeds a Linear).
     ``bias [D]`` (or None) is added to ``branch`` before the gate; it needs a branch.
     Runs the Triton kernels where ``triton_path_available(x)``, else the reference.
@@ -150,9 +152,14 @@ def _check_shapes(
 ) -> None:
     if x.dim() != 3:
         raise ValueError(f"add_norm_modulate: x must be [B, N, D], got {tuple(x.shape)}")
-    batch, _, dim = x.shape
-    if branch is not None and branch.shape != x.shape:
-        raise ValueError(f"add_norm_modulate: branch {tuple(branch.shape)} != x {tuple(x.shape)}")
+    batch, _, dim = x.shape if branch is None else branch.shape
+    if branch is not None and (
+        branch.dim() != 3 or x.shape[1:] != branch.shape[1:] or x.shape[0] not in (1, batch)
+    ):
+        raise ValueError(
+            f"add_norm_modulate: branch {tuple(branch.shape)} and x {tuple(x.shape)}: x must be [B, N, D] "
+            "as the branch, or [1, N, D] (one residual for every sample)"
+        )
     if gate is not None and branch is None:
         raise ValueError("add_norm_modulate: a gate needs a branch")
     if bias is not None and (branch is None or tuple(bias.shape) != (dim,)):
@@ -221,6 +228,7 @@ if triton is not None:
         HAS_BRANCH: tl.constexpr,
         HAS_GATE: tl.constexpr,
         HAS_BIAS: tl.constexpr,
+        X_BROADCAST: tl.constexpr,
         ROWS: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -232,7 +240,11 @@ if triton is not None:
         sample = (rows // tokens_per_sample).to(tl.int64)
         offsets = rows.to(tl.int64)[:, None] * dim + cols[None, :]
 
-        residual = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        if X_BROADCAST:  # x [1, N, D]: the token's row, the same for every sample
+            x_offsets = (rows % tokens_per_sample).to(tl.int64)[:, None] * dim + cols[None, :]
+        else:
+            x_offsets = offsets
+        residual = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
         if HAS_BRANCH:
             update = tl.load(branch_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             if HAS_BIAS:
@@ -281,6 +293,7 @@ if triton is not None:
         NUM_STAGES: tl.constexpr,
         HAS_DX_OUT: tl.constexpr,
         HAS_GATE: tl.constexpr,
+        NEED_DX: tl.constexpr,
         NEED_DBRANCH: tl.constexpr,
         NEED_DGATE: tl.constexpr,
         HAS_BIAS: tl.constexpr,
@@ -329,7 +342,8 @@ if triton is not None:
             dx_total = rstd[:, None] * (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
             if HAS_DX_OUT:
                 dx_total += tl.load(dx_out_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            tl.store(dx_ptr + offsets, dx_total.to(dx_ptr.dtype.element_ty), mask=mask)
+            if NEED_DX:
+                tl.store(dx_ptr + offsets, dx_total.to(dx_ptr.dtype.element_ty), mask=mask)
             dbranch = dx_total
             if HAS_GATE:
                 dbranch = gate[None, :] * dx_total
@@ -421,9 +435,10 @@ def _add_norm_modulate_fwd(
 
     ``mean``/``rstd`` are float32 ``[B, N]``, kept for the backward.
     """
-    batch, tokens, dim = x.shape
-    x = x.contiguous()
     has_branch = branch is not None
+    batch, tokens, dim = branch.shape if has_branch else x.shape
+    x_broadcast = x.shape[0] != batch
+    x = x.contiguous()
     has_gate = gate is not None
     if has_branch:
         branch = branch.contiguous()
@@ -433,8 +448,8 @@ def _add_norm_modulate_fwd(
     if has_bias:
         bias = bias.contiguous()
     shift, scale = _row_vector(shift), _row_vector(scale)
-    x_out = torch.empty_like(x) if has_branch else x.new_empty(0)
-    h = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    x_out = x.new_empty((batch, tokens, dim)) if has_branch else x.new_empty(0)
+    h = torch.empty((batch, tokens, dim), dtype=out_dtype, device=x.device)
     mean = torch.empty((batch, tokens), dtype=torch.float32, device=x.device)
     rstd = torch.empty((batch, tokens), dtype=torch.float32, device=x.device)
     num_rows = batch * tokens
@@ -466,6 +481,7 @@ def _add_norm_modulate_fwd(
         HAS_BRANCH=has_branch,
         HAS_GATE=has_gate,
         HAS_BIAS=has_bias,
+        X_BROADCAST=x_broadcast,
         ROWS=rows,
         BLOCK_D=block_d,
         num_warps=num_warps,
@@ -487,13 +503,15 @@ def _add_norm_modulate_bwd(
     dbranch_dtype: torch.dtype,
     bias: torch.Tensor | None = None,
     need_dbias: bool = False,
+    need_dx: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, dbranch, dgate, dshift, dscale, dbias)``; dgate/dshift/dscale float32 ``[B, D]``,
     dbias float32 ``[D]``.
 
     ``branch`` is passed only when ``dgate`` is wanted (else ``dgate`` is empty), and then
     ``bias`` too where the forward had one; ``dbranch`` is empty unless ``need_dbranch``, ``dbias``
-    unless ``need_dbias``. ``dx_out`` None means no gradient reached ``x_out``.
+    unless ``need_dbias``, ``dx`` unless ``need_dx``. ``dx_out`` None means no gradient reached
+    ``x_out``.
     """
     batch, tokens, dim = x_out.shape
     x_out, dh = x_out.contiguous(), dh.contiguous()
@@ -522,7 +540,7 @@ def _add_norm_modulate_bwd(
         tokens_per_program *= 2
     tiles = max(1, triton.cdiv(tokens, tokens_per_program))
 
-    dx = torch.empty_like(x_out)
+    dx = torch.empty_like(x_out) if need_dx else x_out.new_empty(0)
     dbranch = torch.empty(x_out.shape, dtype=dbranch_dtype, device=x_out.device) if need_dbranch else None
     partial_shape = (batch, tiles, dim)
     dgate_partial = x_out.new_empty(partial_shape, dtype=torch.float32) if need_dgate else None
@@ -544,8 +562,8 @@ def _add_norm_modulate_bwd(
             gate if has_gate else scale,
             scale,
             bias if has_bias else scale,
-            dx,
-            dbranch if need_dbranch else dx,
+            dx if need_dx else dh,
+            dbranch if need_dbranch else dh,
             dgate_partial if need_dgate else dshift_partial,
             dshift_partial,
             dscale_partial,
@@ -558,6 +576,7 @@ def _add_norm_modulate_bwd(
             NUM_STAGES=num_stages,
             HAS_DX_OUT=has_dx_out,
             HAS_GATE=has_gate,
+            NEED_DX=need_dx,
             NEED_DBRANCH=need_dbranch,
             NEED_DGATE=need_dgate,
             HAS_BIAS=has_bias,
@@ -627,6 +646,7 @@ def _setup_context(ctx, inputs, output) -> None:
     branch_for_dgate = branch if (gate is not None and gate.requires_grad) else None
     ctx.save_for_backward(x_out if has_branch else x, mean, rstd, branch_for_dgate, gate, scale, bias)
     ctx.has_branch = has_branch
+    ctx.x_broadcast = has_branch and x.shape[0] != branch.shape[0]  # x [1, N, D]
     ctx.branch_dtype = branch.dtype if has_branch else x.dtype
     ctx.shift_dtype, ctx.scale_dtype = shift.dtype, scale.dtype
     ctx.mark_non_differentiable(mean, rstd)
@@ -653,7 +673,10 @@ def _backward(ctx, dx_out, dh, _dmean, _drstd):
         ctx.branch_dtype,
         bias,
         bool(needs_dbias),
+        bool(needs_dx),
     )
+    if needs_dx and ctx.x_broadcast:
+        dx = dx.sum(dim=0, keepdim=True)
     return (
         dx if needs_dx else None,
         dbranch if needs_dbranch else None,

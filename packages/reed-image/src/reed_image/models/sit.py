@@ -533,27 +533,32 @@ class SiT(nn.Module):
         hooks (:class:`reed_core.taps.FeatureTaps` through ``tap_points()``).
         """
         self.check_input(x)
-        h = self.embed_patches(x) + self.pos_embed  # (B, N, D)
         c = self.t_embedder(tau) + self.y_embedder(y)  # (B, D)
         # at least float32 (also with bf16 parameters, train.param_dtype): every block adds to its gradient
         c = c.to(torch.promote_types(c.dtype, torch.float32))
         if self.cfg.fused_adaln:
-            return self.unpatchify(self._forward_fused_adaln(h, c))
+            return self.unpatchify(self._forward_fused_adaln(self.embed_patches(x), c))
+        h = self.embed_patches(x) + self.pos_embed  # (B, N, D)
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
 
-    def _forward_fused_adaln(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def _forward_fused_adaln(self, patches: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Blocks and final layer with every residual add fused into the LayerNorm + modulate after it.
 
-        The same equations as the unfused loop. Block ``i`` forms block ``i+1``'s adaLN output (it
-        needs its LN1 shift/scale), so each adaLN Linear still runs once, inside a block.
+        The same equations as the unfused loop, from the patch embedding ``patches [B, N, D]``: the
+        first kernel forms the residual stream ``x = pos_embed + patches`` (float32, as autocast's
+        type promotion makes it) and block 0's LN1 + modulate. Block ``i`` forms block ``i+1``'s
+        adaLN output (it needs its LN1 shift/scale), so each adaLN Linear still runs once, inside a
+        block.
         """
-        D = x.shape[-1]
+        D = patches.shape[-1]
         modulation = self.blocks[0].adaLN_modulation(c)  # (B, 6D)
-        out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled() else x.dtype
+        autocast = torch.is_autocast_enabled(patches.device.type)
+        out_dtype = torch.get_autocast_dtype(patches.device.type) if autocast else patches.dtype
+        pos_embed = self.pos_embed.to(torch.promote_types(self.pos_embed.dtype, patches.dtype))
         x, h = add_norm_modulate(
-            x, None, None, modulation[:, :D], modulation[:, D : 2 * D], out_dtype=out_dtype
+            pos_embed, patches, None, modulation[:, :D], modulation[:, D : 2 * D], out_dtype=out_dtype
         )
         nexts = [block.adaLN_modulation[-1] for block in self.blocks[1:]] + [
             self.final_layer.adaLN_modulation[-1]
