@@ -169,6 +169,14 @@ def main() -> None:
         "candidates too, or timed on the stream (default: cublaslt.AUTOTUNE)",
     )
     p.add_argument(
+        "--cublaslt-candidates",
+        type=int,
+        default=None,
+        metavar="N",
+        help="how many of the heuristic's algorithms (per query) cuBLASLt plans time before picking "
+        "one (default: cublaslt.AUTOTUNE_CANDIDATES)",
+    )
+    p.add_argument(
         "--cublaslt-memset-penalty",
         type=float,
         default=None,
@@ -252,6 +260,8 @@ def main() -> None:
         flash_attention.BACKWARD_CONFIG = json.loads(args.fa4_backward_config)
     fused_mlp.FC1_BIAS_GRAD = args.fc1_bias_grad or fused_mlp.FC1_BIAS_GRAD
     cublaslt.AUTOTUNE = args.cublaslt_autotune or cublaslt.AUTOTUNE
+    if args.cublaslt_candidates is not None:
+        cublaslt.AUTOTUNE_CANDIDATES = args.cublaslt_candidates
     if args.cublaslt_memset_penalty is not None:
         cublaslt.MEMSET_PENALTY_US = args.cublaslt_memset_penalty
     fused_adaln.FINISH_PARTIAL_SUMS = args.adaln_partial_sums or fused_adaln.FINISH_PARTIAL_SUMS
@@ -368,6 +378,7 @@ def main() -> None:
         "fc1_bias_grad": fused_mlp.FC1_BIAS_GRAD,
         "cublaslt_autotune": cublaslt.AUTOTUNE,
         "cublaslt_memset_penalty_us": cublaslt.MEMSET_PENALTY_US,
+        "cublaslt_candidates": cublaslt.AUTOTUNE_CANDIDATES,
         "adaln_partial_sums": fused_adaln.FINISH_PARTIAL_SUMS,
         "ema_overlap": args.ema_overlap,
         "float8": args.float8,

@@ -1,6 +1,7 @@
 """Collect the per-variant results of tools/image_speed_sweep.sh into one JSON and a bar chart.
 
     python tools/image_speed_report.py runs/speed --out docs/results/image_speed_regions
+    python tools/image_speed_report.py --runs runs.json --out docs/results/image_speed_ninth
 
 Reads every ``<variant>.json`` written by ``bench_image.py --json`` in the given folders (later
 folders win on a repeated variant), and writes ``<out>.json`` and ``<out>.png`` (images/s per
@@ -71,14 +72,66 @@ def label(name: str, result: dict) -> str:
         parts.append("adaLN sums: 1 kernel")
     if result.get("fused_mlp") and result.get("cublaslt_autotune") == "eager":
         parts.append("cuBLASLt tuned eager")
+    if result.get("patch_embed") == "conv":
+        parts.append("conv patch embed")
     return "\n".join(parts)
+
+
+def plot_in_order(results: dict[str, dict], out: Path) -> None:
+    """Images/s of each run in the JSON's order (one point per run, one colour per variant: the
+    name's part after the first '-'), zoomed to the runs' range: for repeated runs on one machine,
+    where the spread between processes is the point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    speeds = [results[n]["images_per_s"] for n in names]
+    variants = sorted({n.split("-", 1)[1].rstrip("-0123456789") for n in names})
+    colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
+    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * len(names), 4.4))
+    for i, (name, speed) in enumerate(zip(names, speeds)):
+        variant = name.split("-", 1)[1].rstrip("-0123456789")
+        ax.scatter([i], [speed], color=colours[variant], label=variant, zorder=3)
+        ax.annotate(
+            f"{speed:.1f}", (i, speed), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7
+        )
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.axhline(TARGET_IMAGES_PER_S, color="tab:red", linestyle="--")
+    ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("training images / s")
+    ax.set_ylim(min(speeds + [TARGET_IMAGES_PER_S]) - 8, max(speeds + [TARGET_IMAGES_PER_S]) + 4)
+    first = next(r for r in results.values() if "arch" in r)
+    ax.set_title(
+        f"{first['arch']}, batch {first['batch']}, {first['device']}; runs in order (red: 600)", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", nargs="+", type=Path)
+    p.add_argument("folders", nargs="*", type=Path)
     p.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="a JSON of runs in order (name -> bench_image.py result): plot each run as a point, "
+        "in that order, and copy the JSON to OUT.json (in place of the folders' bar chart)",
+    )
     args = p.parse_args()
+    if args.runs is not None:
+        results = json.loads(args.runs.read_text())
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+        plot_in_order(results, args.out)
+        return
+    if not args.folders:
+        p.error("give result folders, or --runs")
     results = collect(args.folders)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
