@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 TARGET_IMAGES_PER_S = 600.0
@@ -79,8 +80,8 @@ def label(name: str, result: dict) -> str:
 
 def plot_in_order(results: dict[str, dict], out: Path) -> None:
     """Images/s of each run in the JSON's order (one point per run, one colour per variant: the
-    name's part after the first '-'), zoomed to the runs' range: for repeated runs on one machine,
-    where the spread between processes is the point."""
+    name's part after the first '-', without a trailing '-<repeat>'), zoomed to the runs' range:
+    for repeated runs on one machine, where the spread between processes is the point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,19 +89,22 @@ def plot_in_order(results: dict[str, dict], out: Path) -> None:
 
     names = list(results)
     speeds = [results[n]["images_per_s"] for n in names]
-    variants = sorted({n.split("-", 1)[1].rstrip("-0123456789") for n in names})
+
+    def variant(name: str) -> str:  # "c3-p1-2" -> "p1": the call prefix and a repeat number dropped
+        return re.sub(r"-\d+$", "", name.split("-", 1)[-1])
+
+    variants = sorted({variant(n) for n in names})
     colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
     fig, ax = plt.subplots(figsize=(1.6 + 0.55 * len(names), 4.4))
     for i, (name, speed) in enumerate(zip(names, speeds)):
-        variant = name.split("-", 1)[1].rstrip("-0123456789")
-        ax.scatter([i], [speed], color=colours[variant], label=variant, zorder=3)
+        ax.scatter([i], [speed], color=colours[variant(name)], label=variant(name), zorder=3)
         ax.annotate(
             f"{speed:.1f}", (i, speed), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7
         )
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.axhline(TARGET_IMAGES_PER_S, color="tab:red", linestyle="--")
-    ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=8)
+    ax.legend(unique.values(), unique.keys(), loc="upper left", fontsize=8, ncol=3)
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("training images / s")
     ax.set_ylim(min(speeds + [TARGET_IMAGES_PER_S]) - 8, max(speeds + [TARGET_IMAGES_PER_S]) + 4)
