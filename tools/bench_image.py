@@ -209,12 +209,6 @@ def main() -> None:
         "autotuned cuBLASLt GEMMs (sit.CUBLASLT_ADALN_LINEARS off)",
     )
     p.add_argument(
-        "--per-block-adaln-gemms",
-        action="store_true",
-        help="with --fused-adaln: an adaLN GEMM per block, not one on the concatenated weights "
-        "(sit.ADALN_GEMMS = per_block)",
-    )
-    p.add_argument(
         "--conv-patch-embed",
         action="store_true",
         help="the patch embedding as SiT's Conv2d, not one Linear on the flattened patches "
@@ -261,7 +255,6 @@ def main() -> None:
     sit.CUBLASLT_ATTENTION_LINEARS = not args.torch_attention_linears
     sit.CUBLASLT_ADALN_LINEARS = not args.torch_adaln_linears
     sit.PATCH_EMBED = "conv" if args.conv_patch_embed else sit.PATCH_EMBED
-    sit.ADALN_GEMMS = "per_block" if args.per_block_adaln_gemms else sit.ADALN_GEMMS
     flash_attention.PREPOST = args.fa4_prepost or flash_attention.PREPOST
     if args.fa4_backward_config:
         flash_attention.BACKWARD_CONFIG = json.loads(args.fa4_backward_config)
@@ -380,7 +373,6 @@ def main() -> None:
         "cublaslt_attention_linears": sit.CUBLASLT_ATTENTION_LINEARS and args.fused_mlp,
         "cublaslt_adaln_linears": sit.CUBLASLT_ADALN_LINEARS and args.fused_mlp and args.fused_adaln,
         "patch_embed": sit.PATCH_EMBED,
-        "adaln_gemms": sit.ADALN_GEMMS if args.fused_adaln else None,
         "fa4_prepost": flash_attention.PREPOST,
         "fa4_backward_config": flash_attention.BACKWARD_CONFIG,
         "fc1_bias_grad": fused_mlp.FC1_BIAS_GRAD,

@@ -73,8 +73,6 @@ def label(name: str, result: dict) -> str:
         parts.append("adaLN sums: 1 kernel")
     if result.get("fused_mlp") and result.get("cublaslt_autotune") == "eager":
         parts.append("cuBLASLt tuned eager")
-    if result.get("adaln_gemms") == "per_block":
-        parts.append("adaLN GEMM per block")
     if result.get("patch_embed") == "conv":
         parts.append("conv patch embed")
     return "\n".join(parts)

@@ -40,8 +40,6 @@
 #   p7  p1 as of f2452fd (the seventh session's): pa + pm + ps (the colsum_total kernel stays)
 #   pc  p1 with the patch embedding as SiT's Conv2d (sit.PATCH_EMBED = conv), not one Linear
 #   p8  p1 as of 9239d76 (the eighth session's): pc with the torch partial sums
-#   pg  p1 with an adaLN GEMM per block (sit.ADALN_GEMMS = per_block), not one on the
-#       concatenated weights
 #   pn  p1 with cuBLASLt plans timing the heuristic's first CANDIDATES (default 32) algorithms of
 #       each query, not 8 (cublaslt.AUTOTUNE_CANDIDATES)
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
@@ -140,8 +138,6 @@ for v in $VARIANTS; do
                 --conv-patch-embed ;;
         p8) bench p8 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --conv-patch-embed --adaln-partial-sums torch ;;
-        pg) bench pg --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
-                --per-block-adaln-gemms ;;
         pn) bench pn --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --cublaslt-candidates "${CANDIDATES:-32}" ;;
         m0) bench m0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --no-deferred-biases ;;

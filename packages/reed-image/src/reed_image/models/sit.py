@@ -178,10 +178,6 @@ CUBLASLT_ATTENTION_LINEARS = True
 # preceded by a workspace memset (about 7 us of idle GPU a block inside the step's CUDA graph);
 # False for A/B timings
 CUBLASLT_ADALN_LINEARS = True
-# with fused_adaln: how the chained path forms the adaLN outputs of every block and of the final
-# layer, all from the one SiLU(c): "batched" (one GEMM on the concatenated weights, which are
-# concatenated each step) or "per_block" (a GEMM each); see SiT.adaln_modulations
-ADALN_GEMMS = "batched"
 # model.attention=fa4 without qk-norm: the qkv bias gradient from the attention backward's own passes
 # (models/flash_attention.py) in place of a reduction of the whole qkv gradient; False for A/B timings
 FOLD_QKV_BIAS_GRAD = True
@@ -339,21 +335,23 @@ class SiTBlock(nn.Module):
         c: torch.Tensor,
         h: torch.Tensor | None = None,
         modulation: torch.Tensor | None = None,
-        next_shift_scale: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        next_adaln: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block output ``x [B, N, D]`` from ``x`` and the conditioning ``c [B, D]``.
 
         Chained form (``fused_adaln``, as ``SiT.forward`` calls it): ``modulation`` (this block's
         adaLN output ``[B, 6D]``) and ``h = modulate(LN(x), shift_msa, scale_msa)`` come from the
-        step before; ``next_shift_scale`` are the shift and scale ``[B, D]`` of the next block's
-        LN1 (or of the final layer's LayerNorm). Returns ``(x_out, h_next)``: the block's last
-        residual add runs in one kernel with the next LayerNorm + modulate. Taps read ``x_out``.
+        step before; ``next_adaln`` is the ``(weight, bias)`` of the next block's (or the final
+        layer's) adaLN Linear. Returns ``(x_out, h_next, next_modulation)``: the block's last
+        residual add runs in one kernel with the next LayerNorm + modulate, whose shift/scale are
+        the first two chunks of ``next_modulation = Linear(SiLU(c))``. Taps read ``x_out``.
         """
         if h is not None:
-            if not self.fused_adaln or modulation is None or next_shift_scale is None:
-                raise ValueError(
-                    "SiTBlock: h, modulation and next_shift_scale are for fused_adaln blocks only"
-                )
+            if not self.fused_adaln or modulation is None or next_adaln is None:
+                raise ValueError("SiTBlock: h, modulation and next_adaln are for fused_adaln blocks only")
+            D = x.shape[-1]
+            adaln_linear = cublaslt_linear if self.mlp.fused_mlp and CUBLASLT_ADALN_LINEARS else F.linear
+            next_modulation = adaln_linear(F.silu(c), *next_adaln)  # (B, 6D), or (B, 2D) for the final layer
             _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
             # proj's and fc2's biases are added in the kernels, before the gates (deferred_bias)
             proj_bias, fc2_bias = deferred_bias(self.attn.proj), deferred_bias(self.mlp.fc2)
@@ -365,11 +363,12 @@ class SiTBlock(nn.Module):
                 x,
                 self.mlp(h, fc2_bias=fc2_bias is None),
                 gate_mlp,
-                *next_shift_scale,
+                next_modulation[:, :D],
+                next_modulation[:, D : 2 * D],
                 out_dtype=h.dtype,
                 bias=fc2_bias,
             )
-            return x, h
+            return x, h, next_modulation
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
             6, dim=-1
         )  # each (B, D)
@@ -544,50 +543,28 @@ class SiT(nn.Module):
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
 
-    def adaln_modulations(self, c: torch.Tensor) -> list[torch.Tensor]:
-        """Every block's adaLN output ``Linear(SiLU(c)) [B, 6D]`` and the final layer's ``[B, 2D]``.
-
-        ``ADALN_GEMMS = "batched"``: one GEMM, ``SiLU(c) [W_1; ...; W_L; W_f]^T + [b_1; ...; b_f]``,
-        split into the per-layer outputs (the same sums as the separate Linears): at SiT-XL/2 the
-        29 small GEMMs forward and 87 backward, and their SiLU, cast and slice kernels, become 3
-        large ones, at the price of concatenating the weights each step. Through
-        ``cublaslt_linear`` with ``model.fused_mlp`` (``CUBLASLT_ADALN_LINEARS``). A Linear swapped
-        for another class (FP8 conversion) runs its own forward, each on its own.
-        """
-        linears = [block.adaLN_modulation[-1] for block in self.blocks]
-        linears.append(self.final_layer.adaLN_modulation[-1])
-        silu_c = F.silu(c)
-        if not all(type(linear) is nn.Linear and linear.bias is not None for linear in linears):
-            return [linear(silu_c) for linear in linears]
-        fused_mlp = self.blocks[0].mlp.fused_mlp
-        adaln_linear = cublaslt_linear if fused_mlp and CUBLASLT_ADALN_LINEARS else F.linear
-        if ADALN_GEMMS == "per_block":
-            return [adaln_linear(silu_c, linear.weight, linear.bias) for linear in linears]
-        weight = torch.cat([linear.weight for linear in linears])  # (L * 6D + 2D, D)
-        bias = torch.cat([linear.bias for linear in linears])
-        out = adaln_linear(silu_c, weight, bias)
-        return list(out.split([linear.out_features for linear in linears], dim=-1))
-
     def _forward_fused_adaln(self, patches: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Blocks and final layer with every residual add fused into the LayerNorm + modulate after it.
 
         The same equations as the unfused loop, from the patch embedding ``patches [B, N, D]``: the
         first kernel forms the residual stream ``x = pos_embed + patches`` (float32, as autocast's
-        type promotion makes it) and block 0's LN1 + modulate; block ``i`` ends with block
-        ``i+1``'s LN1 + modulate (the final layer's LayerNorm + modulate after the last). Every
-        adaLN output is formed first (``adaln_modulations``).
+        type promotion makes it) and block 0's LN1 + modulate. Block ``i`` forms block ``i+1``'s
+        adaLN output (it needs its LN1 shift/scale), so each adaLN Linear still runs once, inside a
+        block.
         """
         D = patches.shape[-1]
-        modulations = self.adaln_modulations(c)  # L blocks' (B, 6D), then the final layer's (B, 2D)
+        modulation = self.blocks[0].adaLN_modulation(c)  # (B, 6D)
         autocast = torch.is_autocast_enabled(patches.device.type)
         out_dtype = torch.get_autocast_dtype(patches.device.type) if autocast else patches.dtype
         pos_embed = self.pos_embed.to(torch.promote_types(self.pos_embed.dtype, patches.dtype))
-        first = modulations[0]
         x, h = add_norm_modulate(
-            pos_embed, patches, None, first[:, :D], first[:, D : 2 * D], out_dtype=out_dtype
+            pos_embed, patches, None, modulation[:, :D], modulation[:, D : 2 * D], out_dtype=out_dtype
         )
-        for block, modulation, following in zip(self.blocks, modulations, modulations[1:]):
-            x, h = block(x, c, h, modulation, (following[:, :D], following[:, D : 2 * D]))
+        nexts = [block.adaLN_modulation[-1] for block in self.blocks[1:]] + [
+            self.final_layer.adaLN_modulation[-1]
+        ]
+        for block, next_linear in zip(self.blocks, nexts):
+            x, h, modulation = block(x, c, h, modulation, (next_linear.weight, next_linear.bias))
         return self.final_layer.linear(h)  # (B, N, p*p*C)
 
 
