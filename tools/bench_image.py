@@ -20,6 +20,7 @@ import argparse
 import ast
 import functools
 import json
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -387,6 +388,8 @@ def main() -> None:
         "cuda_graph": args.cuda_graph,
         "inductor": inductor,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        # which sources ran (relative to the working directory): an A/B of two checkouts shows here
+        "sit_source": os.path.relpath(sit.__file__),
         "images_per_s": round(images_per_s, 1),
         "step_ms": round(1000 * elapsed / args.steps, 2),
         "peak_memory_GiB": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)

@@ -45,6 +45,11 @@
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
 # REGIONS="denoiser.blocks.* aligner" compiles those submodules only (train.compile_regions).
+# The sources timed are this checkout's packages/*/src, which go first on PYTHONPATH; to time
+# another commit's code (an A/B in one call), point SRC at its source folders, e.g.
+#     git archive OLD packages | tar -x -C old
+#     SRC=old/packages/reed-core/src:old/packages/reed-image/src VARIANTS=p1 bash tools/image_speed_sweep.sh
+# (a PYTHONPATH of its own would come after this checkout's sources and not be used).
 #
 #     OUT=runs/speed VARIANTS="v1 a1" REGIONS="denoiser.blocks.* aligner" bash tools/image_speed_sweep.sh
 #     python tools/image_speed_report.py runs/speed --out docs/results/image_speed_regions   # JSON + PNG
@@ -56,7 +61,8 @@ OUT="${OUT:-runs/speed}"
 LIMIT="${LIMIT:-150}"
 VARIANTS="${VARIANTS:-v0 v1 v2 v3 v4}"
 mkdir -p "$OUT"
-export PYTHONPATH="packages/reed-core/src:packages/reed-image/src${PYTHONPATH:+:$PYTHONPATH}"
+SRC="${SRC:-packages/reed-core/src:packages/reed-image/src}"
+export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python}"
 
 nvidia-smi --query-gpu=name,power.limit,clocks.max.sm --format=csv > "$OUT/gpu.csv" 2>&1
