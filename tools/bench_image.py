@@ -34,7 +34,7 @@ from reed_core.features import FeatureStoreWriter
 from reed_core.float8 import FLOAT8_RECIPES
 from reed_core.train import FUSED_UPDATE, PARAM_DTYPES, Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
-from reed_image.models import cublaslt, flash_attention, fused_adaln, fused_mlp, sit
+from reed_image.models import cublaslt, cublaslt_plans, flash_attention, fused_adaln, fused_mlp, sit
 from reed_image.models.sit import ATTENTION_CHOICES, SiTConfig
 
 
@@ -98,6 +98,31 @@ def profile_steps(trainer: Trainer, task: Any, device: torch.device, first: int,
         )
     path.write_text(table)
     prof.export_chrome_trace(str(path.with_suffix(".trace.json.gz")))  # timeline: gaps between kernels
+
+
+def tune_plans(trainer: Trainer, task: Any, device: torch.device, first: int, rounds: int):
+    """cublaslt_plans.tune_in_steps on eager training steps (the step's CUDA graph set aside),
+    then the graph captured again with the chosen plans; returns the tuning report and the next
+    step number."""
+    step = first
+    graphed, trainer.graphed_step = trainer.graphed_step, None
+
+    def run_step() -> None:
+        nonlocal step
+        trainer.step = step
+        trainer.train_step(task.batch(step, 0, 1, device))
+        step += 1
+
+    try:
+        report = cublaslt_plans.tune_in_steps(run_step, rounds)
+    finally:
+        trainer.graphed_step = graphed
+    if graphed is not None:  # its kernels have the old algorithms baked in
+        graphed.reset()
+    for _ in range(trainer.cfg.cuda_graph_warmup + 3):  # eager steps, capture, two replays
+        run_step()
+    torch.cuda.synchronize(device)
+    return report, step
 
 
 def main() -> None:
@@ -184,6 +209,28 @@ def main() -> None:
         metavar="US",
         help="graph autotuning: microseconds added for a candidate that needs a workspace memset "
         "(default: cublaslt.MEMSET_PENALTY_US)",
+    )
+    p.add_argument(
+        "--cublaslt-plans",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="load cuBLASLt plans (algorithms) from FILE before the first step (cublaslt_plans.load_plans)",
+    )
+    p.add_argument(
+        "--tune-cublaslt-plans",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="after the warm-up, pick every cuBLASLt plan's algorithm by its kernel time in eager "
+        "training steps (cublaslt_plans.tune_in_steps, ROUNDS x the candidates steps), then capture again",
+    )
+    p.add_argument(
+        "--save-cublaslt-plans",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="after timing, write the cuBLASLt plans to FILE (JSON; --cublaslt-plans reads it)",
     )
     p.add_argument(
         "--adaln-partial-sums",
@@ -337,6 +384,7 @@ def main() -> None:
         n_params = sum(p.numel() for p in task.denoiser.parameters())
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+        plans_loaded = cublaslt_plans.load_plans(args.cublaslt_plans) if args.cublaslt_plans else 0
         t0 = time.perf_counter()
         for step in range(args.warmup):
             trainer.step = step
@@ -344,17 +392,29 @@ def main() -> None:
             sync()
             print(f"warm-up step {step}: {time.perf_counter() - t0:.1f} s", flush=True)
         compile_s = time.perf_counter() - t0
+        tuning, first = None, args.warmup
+        if args.tune_cublaslt_plans:
+            t1 = time.perf_counter()
+            tuning, first = tune_plans(trainer, task, device, first, args.tune_cublaslt_plans)
+            tuning_s = time.perf_counter() - t1
+            saved = sum(r["saved_us_per_step"] or 0.0 for r in tuning)
+            print(f"tuned {len(tuning)} cuBLASLt plans in {tuning_s:.1f} s; saved {saved:.0f} us/step")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        for step in range(args.warmup, args.warmup + args.steps):
+        for step in range(first, first + args.steps):
             trainer.step = step
             out = trainer.train_step(task.batch(step, 0, 1, device))
         sync()
         elapsed = time.perf_counter() - t0
         loss = float(out.loss.detach())
         if args.profile is not None:
-            profile_steps(trainer, task, device, args.warmup + args.steps, args.profile)
+            profile_steps(trainer, task, device, first + args.steps, args.profile)
+        if args.save_cublaslt_plans:
+            how = f"tuned in steps, {args.tune_cublaslt_plans} rounds" if tuning else "autotuned per plan"
+            cublaslt_plans.save_plans(
+                args.save_cublaslt_plans, notes={"chosen": how, "tool": "bench_image.py"}
+            )
 
     images_per_s = args.steps * args.batch / elapsed
     flops = 3 * block_matmul_flops(depth, task.denoiser.hidden_size, task.denoiser.num_tokens)
@@ -380,6 +440,13 @@ def main() -> None:
         "cublaslt_autotune": cublaslt.AUTOTUNE,
         "cublaslt_memset_penalty_us": cublaslt.MEMSET_PENALTY_US,
         "cublaslt_candidates": cublaslt.AUTOTUNE_CANDIDATES,
+        "cublaslt_plans": (
+            f"loaded {plans_loaded} from {args.cublaslt_plans}"
+            if args.cublaslt_plans
+            else "autotuned per plan"
+        )
+        + (f"; tuned in steps ({args.tune_cublaslt_plans} rounds)" if tuning else ""),
+        "cublaslt_tuning": tuning,
         "adaln_partial_sums": fused_adaln.FINISH_PARTIAL_SUMS,
         "ema_overlap": args.ema_overlap,
         "float8": args.float8,

@@ -55,6 +55,7 @@ Every cuBLASLt call's status is checked; a failure raises ``RuntimeError`` namin
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import threading
@@ -309,6 +310,9 @@ class _Plan:
 
 _plans: dict[tuple, _Plan] = {}
 _plans_lock = threading.Lock()
+# set by cublaslt_plans.tune_in_steps: ``_launch_timer(plan)`` is a context manager around each
+# launch (CUDA events on the launch's stream); None otherwise
+_launch_timer = None
 
 
 def _layout(dtype: torch.dtype, rows: int, cols: int, ld: int) -> ctypes.c_void_p:
@@ -498,7 +502,8 @@ def _run(plan: _Plan, device_index: int, a_ptr: int, b_ptr: int, d_ptr: int, bia
     a, b, d = plan.layouts
     stream = torch.cuda.current_stream(device_index).cuda_stream
     workspace = _workspace(device_index)
-    with plan.lock:
+    timer = _launch_timer(plan) if _launch_timer is not None else contextlib.nullcontext()
+    with plan.lock, timer:
         if plan.spec.bias_dtype is not None:
             _set_desc(plan.desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias_ptr))
         if plan.spec.aux:
