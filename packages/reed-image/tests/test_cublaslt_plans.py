@@ -133,9 +133,9 @@ def test_a_plan_file_from_another_gpu_or_version_is_refused(tmp_path, fresh_plan
     with pytest.raises(ValueError, match="tune again"):
         cublaslt_plans.load_plans(path)
     document["cublaslt_version"] -= 1
-    document["plans"][0]["algo"] = [7] * 8  # no algorithm the heuristic offers
+    document["plans"][0]["algo"] = [7] * 8  # no algorithm cuBLASLt has
     path.write_text(json.dumps(document))
-    with pytest.raises(ValueError, match=r"plans\[0\].*does not offer"):
+    with pytest.raises(ValueError, match=r"plans\[0\].*does not accept"):
         cublaslt_plans.load_plans(path)
 
 

@@ -164,6 +164,16 @@ _SIGNATURES = {
         ctypes.POINTER(_HeuristicResult),
         ctypes.POINTER(ctypes.c_int),
     ],  # fmt: skip
+    "cublasLtMatmulAlgoCheck": [
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        ctypes.POINTER(ctypes.c_uint64 * 8),
+        ctypes.POINTER(_HeuristicResult),
+    ],  # fmt: skip
     "cublasLtMatmul": [
         _P,
         _P,
@@ -324,13 +334,9 @@ def _layout(dtype: torch.dtype, rows: int, cols: int, ld: int) -> ctypes.c_void_
     return layout
 
 
-def _candidates(
-    device_index: int, spec: _Spec, align: int, requested: int = 1, max_workspace: int | None = None
-) -> list[_Plan]:
-    """Plans for the heuristic's first ``requested`` algorithms (best first) for pointers aligned
-    to ``align`` bytes (a power of two, 16 to 256) that need at most ``max_workspace`` bytes of
-    workspace (default ``WORKSPACE_BYTES``); each plan has its own descriptor. Empty where the
-    heuristic has none."""
+def _descriptors(spec: _Spec, align: int):
+    """``(make_desc, (A, B, D) layouts)`` of ``spec``: ``make_desc()`` returns a new matmul
+    descriptor (bias/aux pointers: stand-ins aligned to ``align`` bytes, set per launch)."""
     lib = _lib()
     a = _layout(spec.dtype, spec.k, spec.m, spec.k) if spec.trans_a == _CUBLAS_OP_T else None
     a = a or _layout(spec.dtype, spec.m, spec.k, spec.m)
@@ -359,6 +365,18 @@ def _candidates(
             _set_desc(desc, _DESC_EPILOGUE_AUX_POINTER, stand_in)
         return desc
 
+    return make_desc, (a, b, d)
+
+
+def _candidates(
+    device_index: int, spec: _Spec, align: int, requested: int = 1, max_workspace: int | None = None
+) -> list[_Plan]:
+    """Plans for the heuristic's first ``requested`` algorithms (best first) for pointers aligned
+    to ``align`` bytes (a power of two, 16 to 256) that need at most ``max_workspace`` bytes of
+    workspace (default ``WORKSPACE_BYTES``); each plan has its own descriptor. Empty where the
+    heuristic has none."""
+    lib = _lib()
+    make_desc, (a, b, d) = _descriptors(spec, align)
     desc = make_desc()
     pref = ctypes.c_void_p()
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
@@ -389,6 +407,30 @@ def _candidates(
         )
         for i, r in enumerate(found)
     ]
+
+
+def _checked_plan(device_index: int, spec: _Spec, align: int, algo: list[int], workspace_limit: int) -> _Plan:
+    """A plan running the given algorithm (the 8 words of a ``cublasLtMatmulAlgo_t``, as a plan
+    stores them), if ``cublasLtMatmulAlgoCheck`` accepts it for ``spec`` within
+    ``workspace_limit`` bytes of workspace; ``RuntimeError`` otherwise."""
+    make_desc, layouts = _descriptors(spec, align)
+    desc, (a, b, d) = make_desc(), layouts
+    words = (ctypes.c_uint64 * 8)(*algo)
+    result = _HeuristicResult()
+    _check(
+        _lib().cublasLtMatmulAlgoCheck(
+            _handle(device_index), desc, a, b, d, d, ctypes.byref(words), ctypes.byref(result)
+        ),
+        "cublasLtMatmulAlgoCheck",
+    )
+    if result.workspaceSize > min(workspace_limit, WORKSPACE_BYTES):
+        raise RuntimeError(
+            f"cuBLASLt: the algorithm needs {result.workspaceSize} bytes of workspace, "
+            f"more than {workspace_limit}"
+        )
+    return _Plan(
+        spec, desc, layouts, words, int(result.workspaceSize), float(result.wavesCount), workspace_limit
+    )
 
 
 def _plan(device_index: int, spec: _Spec, align: int, launch) -> _Plan:

@@ -12,17 +12,20 @@ so far, the same candidates as the autotuner's (``cublaslt.AUTOTUNE_CANDIDATES``
 query, with the workspace and with none) take turns over ``rounds`` x (most candidates) eager
 steps: in step ``s`` a plan with ``C`` candidates runs candidate ``(s + offset) mod C`` (a
 random offset per plan, so that two plans' candidates do not always meet), and every launch is
-timed with CUDA events. Each plan keeps the candidate with the least mean time per launch, plus
-``cublaslt.MEMSET_PENALTY_US`` where a workspace memset precedes it (inside a CUDA graph that
-memset leaves GPU idle time the events do not see, as in graph autotuning). The GEMMs so see the
-step's caches, clocks and neighbours; the steps are real training steps (they update the model).
+timed with CUDA events. Before each timed launch a sleep kernel (``FEED_US``) keeps the GPU busy
+while the host enqueues the events and the launch: without it an eager step's host time (it is
+slower than the GPU) landed between the events (SiT-XL/2 on an H100: per-launch times 5-10%
+high, and picks that did not make the step faster). Each plan keeps the candidate with the least
+median time per launch, plus ``cublaslt.MEMSET_PENALTY_US`` where a workspace memset precedes it
+(inside a CUDA graph that memset leaves GPU idle time the events do not see, as in graph
+autotuning). The GEMMs so see the step's data in L2 and its neighbours; the steps are real
+training steps (they update the model).
 
 ``save_plans(path)`` writes every plan of the current device as JSON (atomically), with the GPU's
 name and cuBLASLt's version; ``load_plans(path)`` installs them before the first call, so that a
-process skips autotuning and runs the tuned algorithms. An algorithm is looked up again among the
-heuristic's answers for its shape (so only an algorithm cuBLASLt offers is ever launched); a file
-from another GPU or cuBLASLt version, or one naming an algorithm the heuristic does not offer,
-ends in a ``ValueError`` naming the file and the entry.
+process skips autotuning and runs the tuned algorithms. Each algorithm is checked by
+``cublasLtMatmulAlgoCheck`` for its shape; a file from another GPU or cuBLASLt version, or with an
+algorithm cuBLASLt does not accept, ends in a ``ValueError`` naming the file and the entry.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import contextlib
 import json
 import os
 import random
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -41,8 +45,8 @@ from reed_image.models import cublaslt
 __all__ = ["PLAN_FORMAT", "load_plans", "save_plans", "tune_in_steps"]
 
 PLAN_FORMAT = "reed-cublaslt-plans/1"
-# how many of the heuristic's algorithms load_plans searches for a saved one (per query)
-_LOOKUP_CANDIDATES = 64
+# GPU time (us) slept before each timed launch while tuning, so that the host is ahead of the GPU
+FEED_US = 40.0
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SPEC_FIELDS = ("epilogue", "trans_a", "trans_b", "m", "n", "k")
 
@@ -173,25 +177,27 @@ def load_plans(path: str | os.PathLike, device: int | torch.device | None = None
             entry["aux"],
         )
         align = entry["align"]
-        with torch.cuda.device(index):
-            found = cublaslt._candidates(
-                index, spec, align, _LOOKUP_CANDIDATES, max_workspace=entry["workspace_limit"]
-            )
-        match = next(
-            (plan for plan in found if _same_algo(plan, entry["algo"], entry["workspace_limit"])), None
-        )
-        if match is None:
+        try:
+            with torch.cuda.device(index):
+                plan = cublaslt._checked_plan(index, spec, align, entry["algo"], entry["workspace_limit"])
+        except RuntimeError as err:
             raise ValueError(
-                f"cuBLASLt plan file {path}: plans[{i}] ({_describe(spec, align)}): cuBLASLt's heuristic "
-                f"does not offer its algorithm among its first {_LOOKUP_CANDIDATES}; tune again"
-            )
-        installed[(index, spec, align)] = match
+                f"cuBLASLt plan file {path}: plans[{i}] ({_describe(spec, align)}): cuBLASLt does not "
+                f"accept its algorithm ({err}); tune again"
+            ) from None
+        installed[(index, spec, align)] = plan
     with cublaslt._plans_lock:
         cublaslt._plans.update(installed)
     return len(installed)
 
 
 # ---------------------------------------------------------------- tuning in the step
+
+
+def _clock_hz(index: int) -> float:
+    """The SM clock (Hz) that ``torch.cuda._sleep``'s cycles count; 2 GHz where it is unknown."""
+    rate_khz = getattr(torch.cuda.get_device_properties(index), "clock_rate", 0)
+    return 1e3 * rate_khz if rate_khz else 2e9
 
 
 def _candidate_pool(index: int, spec: cublaslt._Spec, align: int) -> list[cublaslt._Plan]:
@@ -228,7 +234,7 @@ def tune_in_steps(
     ``run_step()`` runs one eager training step (no CUDA-graph replay: its launches are timed);
     it is called ``rounds`` x (the most candidates of any plan) times. The winners are installed
     in place of the plans. Returns one record per plan: its shape, the candidates' mean times
-    (us per launch, with the memset penalty), which one was the autotuner's pick and which won.
+    (median us per launch, with the memset penalty), which one was the autotuner's pick and which won.
     """
     if rounds < 1:
         raise ValueError(f"tune_in_steps: rounds must be >= 1, got {rounds}")
@@ -240,8 +246,8 @@ def tune_in_steps(
         pools = {key: _candidate_pool(index, key[1], key[2]) or [cublaslt._plans[key]] for key in keys}
     previous = {key: cublaslt._plans[key] for key in keys}
     owner = {id(plan): (key, i) for key, pool in pools.items() for i, plan in enumerate(pool)}
-    totals = {key: [0.0] * len(pool) for key, pool in pools.items()}
-    counts = {key: [0] * len(pool) for key, pool in pools.items()}
+    times = {key: [[] for _ in pool] for key, pool in pools.items()}
+    feed_cycles = int(FEED_US * 1e-6 * _clock_hz(index))
     rng = random.Random(seed)
     offsets = {key: rng.randrange(len(pool)) for key, pool in pools.items()}
     events: list[tuple[tuple, int, torch.cuda.Event, torch.cuda.Event]] = []
@@ -252,6 +258,7 @@ def tune_in_steps(
             yield
             return
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(feed_cycles)
         start.record()
         yield
         end.record()
@@ -267,8 +274,7 @@ def tune_in_steps(
             run_step()
             torch.cuda.synchronize(index)
             for key, i, start, end in events:
-                totals[key][i] += 1000.0 * start.elapsed_time(end)
-                counts[key][i] += 1
+                times[key][i].append(1000.0 * start.elapsed_time(end))
             events.clear()
     except BaseException:
         with cublaslt._plans_lock:
@@ -282,12 +288,12 @@ def tune_in_steps(
         for key, pool in pools.items():
             costs = []
             for i, plan in enumerate(pool):
-                if not counts[key][i]:
+                if not times[key][i]:
                     costs.append(float("inf"))
                     continue
                 needs_memset = plan.workspace_size > 0 and plan.workspace_limit > 0
                 penalty = cublaslt.MEMSET_PENALTY_US if needs_memset else 0.0
-                costs.append(totals[key][i] / counts[key][i] + penalty)
+                costs.append(statistics.median(times[key][i]) + penalty)
             best = min(range(len(pool)), key=costs.__getitem__)
             if costs[best] == float("inf"):  # the shape did not run in the tuning steps
                 cublaslt._plans[key] = previous[key]
@@ -301,11 +307,13 @@ def tune_in_steps(
             report.append(
                 {
                     "shape": _describe(key[1], key[2]),
-                    "launches_per_step": round(sum(counts[key]) / steps, 2),
+                    "launches_per_step": round(sum(map(len, times[key])) / steps, 2),
                     "us": [round(c, 2) for c in costs],
                     "autotuned": autotuned,
                     "chosen": best,
-                    "saved_us_per_step": round((costs[autotuned] - costs[best]) * sum(counts[key]) / steps, 1)
+                    "saved_us_per_step": round(
+                        (costs[autotuned] - costs[best]) * sum(map(len, times[key])) / steps, 1
+                    )
                     if autotuned is not None
                     else None,
                 }
