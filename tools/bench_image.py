@@ -100,31 +100,6 @@ def profile_steps(trainer: Trainer, task: Any, device: torch.device, first: int,
     prof.export_chrome_trace(str(path.with_suffix(".trace.json.gz")))  # timeline: gaps between kernels
 
 
-def tune_plans(trainer: Trainer, task: Any, device: torch.device, first: int, rounds: int):
-    """cublaslt_plans.tune_in_steps on eager training steps (the step's CUDA graph set aside),
-    then the graph captured again with the chosen plans; returns the tuning report and the next
-    step number."""
-    step = first
-    graphed, trainer.graphed_step = trainer.graphed_step, None
-
-    def run_step() -> None:
-        nonlocal step
-        trainer.step = step
-        trainer.train_step(task.batch(step, 0, 1, device))
-        step += 1
-
-    try:
-        report = cublaslt_plans.tune_in_steps(run_step, rounds)
-    finally:
-        trainer.graphed_step = graphed
-    if graphed is not None:  # its kernels have the old algorithms baked in
-        graphed.reset()
-    for _ in range(trainer.cfg.cuda_graph_warmup + 3):  # eager steps, capture, two replays
-        run_step()
-    torch.cuda.synchronize(device)
-    return report, step
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="SiT-XL/2")
@@ -211,19 +186,17 @@ def main() -> None:
         "(default: cublaslt.MEMSET_PENALTY_US)",
     )
     p.add_argument(
+        "--residual-dtype",
+        default="float32",
+        choices=sit.RESIDUAL_DTYPES,
+        help="the residual stream's dtype (model.residual_dtype): float32, or the autocast dtype (bf16)",
+    )
+    p.add_argument(
         "--cublaslt-plans",
         type=Path,
         default=None,
         metavar="FILE",
         help="load cuBLASLt plans (algorithms) from FILE before the first step (cublaslt_plans.load_plans)",
-    )
-    p.add_argument(
-        "--tune-cublaslt-plans",
-        type=int,
-        default=0,
-        metavar="ROUNDS",
-        help="after the warm-up, pick every cuBLASLt plan's algorithm by its kernel time in eager "
-        "training steps (cublaslt_plans.tune_in_steps, ROUNDS x the candidates steps), then capture again",
     )
     p.add_argument(
         "--save-cublaslt-plans",
@@ -337,6 +310,7 @@ def main() -> None:
         fused_adaln=args.fused_adaln,
         fused_gelu=args.fused_gelu,
         fused_mlp=args.fused_mlp,
+        residual_dtype=args.residual_dtype,
     )
     if args.tiny:
         model = replace(model, depth=4, hidden_size=64, num_heads=4)
@@ -392,13 +366,7 @@ def main() -> None:
             sync()
             print(f"warm-up step {step}: {time.perf_counter() - t0:.1f} s", flush=True)
         compile_s = time.perf_counter() - t0
-        tuning, first = None, args.warmup
-        if args.tune_cublaslt_plans:
-            t1 = time.perf_counter()
-            tuning, first = tune_plans(trainer, task, device, first, args.tune_cublaslt_plans)
-            tuning_s = time.perf_counter() - t1
-            saved = sum(r["saved_us_per_step"] or 0.0 for r in tuning)
-            print(f"tuned {len(tuning)} cuBLASLt plans in {tuning_s:.1f} s; saved {saved:.0f} us/step")
+        first = args.warmup
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -411,9 +379,9 @@ def main() -> None:
         if args.profile is not None:
             profile_steps(trainer, task, device, first + args.steps, args.profile)
         if args.save_cublaslt_plans:
-            how = f"tuned in steps, {args.tune_cublaslt_plans} rounds" if tuning else "autotuned per plan"
+            source = f"loaded from {args.cublaslt_plans}" if args.cublaslt_plans else "autotuned per plan"
             cublaslt_plans.save_plans(
-                args.save_cublaslt_plans, notes={"chosen": how, "tool": "bench_image.py"}
+                args.save_cublaslt_plans, notes={"plans": source, "tool": "bench_image.py"}
             )
 
     images_per_s = args.steps * args.batch / elapsed
@@ -434,6 +402,7 @@ def main() -> None:
         "cublaslt_attention_linears": sit.CUBLASLT_ATTENTION_LINEARS and args.fused_mlp,
         "cublaslt_adaln_linears": sit.CUBLASLT_ADALN_LINEARS and args.fused_mlp and args.fused_adaln,
         "patch_embed": sit.PATCH_EMBED,
+        "residual_dtype": args.residual_dtype,
         "fa4_prepost": flash_attention.PREPOST,
         "fa4_backward_config": flash_attention.BACKWARD_CONFIG,
         "fc1_bias_grad": fused_mlp.FC1_BIAS_GRAD,
@@ -444,9 +413,7 @@ def main() -> None:
             f"loaded {plans_loaded} from {args.cublaslt_plans}"
             if args.cublaslt_plans
             else "autotuned per plan"
-        )
-        + (f"; tuned in steps ({args.tune_cublaslt_plans} rounds)" if tuning else ""),
-        "cublaslt_tuning": tuning,
+        ),
         "adaln_partial_sums": fused_adaln.FINISH_PARTIAL_SUMS,
         "ema_overlap": args.ema_overlap,
         "float8": args.float8,

@@ -42,10 +42,9 @@
 #   p8  p1 as of 9239d76 (the eighth session's): pc with the torch partial sums
 #   pn  p1 with cuBLASLt plans timing the heuristic's first CANDIDATES (default 32) algorithms of
 #       each query, not 8 (cublaslt.AUTOTUNE_CANDIDATES)
-#   pu  p1 with every cuBLASLt plan picked again by its kernel time in TUNE_ROUNDS (default 3) rounds
-#       of eager training steps (cublaslt_plans.tune_in_steps), then timed; writes $OUT/pu_plans.json
-#   pf  p1 with the cuBLASLt plans loaded from PLANS (default $OUT/pu_plans.json; shapes not in it
-#       autotune as usual)
+#   pf  p1 with the cuBLASLt plans loaded from PLANS (a file written by bench_image.py
+#       --save-cublaslt-plans, e.g. through EXTRA; shapes not in it autotune as usual)
+#   pr  p1 with the residual stream in bf16 (model.residual_dtype = autocast), not float32
 # EXTRA="--flag ..." is added to every variant's bench_image.py command.
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). ATTENTION=cudnn skips the attention sweep; PROFILE="v1 f1" profiles those variants;
@@ -152,10 +151,10 @@ for v in $VARIANTS; do
                 --conv-patch-embed --adaln-partial-sums torch ;;
         pn) bench pn --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
                 --cublaslt-candidates "${CANDIDATES:-32}" ;;
-        pu) bench pu --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
-                --tune-cublaslt-plans "${TUNE_ROUNDS:-3}" --save-cublaslt-plans "$OUT/pu_plans.json" ;;
         pf) bench pf --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
-                --cublaslt-plans "${PLANS:-$OUT/pu_plans.json}" ;;
+                --cublaslt-plans "${PLANS:?pf needs PLANS=FILE}" ;;
+        pr) bench pr --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --attention fa4 \
+                --residual-dtype autocast ;;
         m0) bench m0 --fused-update on --fused-adaln --fused-mlp --param-dtype bfloat16 --cuda-graph --no-deferred-biases ;;
         *) echo "unknown variant $v" ;;
     esac

@@ -1,5 +1,5 @@
 """``cublaslt_plans``: plan files (checked on the CPU) and, on a GPU, a save/load round trip that
-runs the same algorithms, and in-step tuning that times every candidate and keeps correct GEMMs."""
+runs the same algorithms bit for bit, and files cuBLASLt cannot use refused by name."""
 
 from __future__ import annotations
 
@@ -130,37 +130,10 @@ def test_a_plan_file_from_another_gpu_or_version_is_refused(tmp_path, fresh_plan
     document = json.loads(path.read_text())
     document["cublaslt_version"] += 1
     path.write_text(json.dumps(document))
-    with pytest.raises(ValueError, match="tune again"):
+    with pytest.raises(ValueError, match="save the plans again on this machine"):
         cublaslt_plans.load_plans(path)
     document["cublaslt_version"] -= 1
     document["plans"][0]["algo"] = [7] * 8  # no algorithm cuBLASLt has
     path.write_text(json.dumps(document))
     with pytest.raises(ValueError, match=r"plans\[0\].*does not accept"):
         cublaslt_plans.load_plans(path)
-
-
-@pytest.mark.gpu
-@needs_cublaslt
-def test_tuning_in_steps_times_every_candidate_and_keeps_correct_gemms(fresh_plans):
-    inputs = mlp_inputs()
-    mlp_step(*inputs)
-    keys = set(fresh_plans)
-    steps = []
-
-    def run_step():
-        steps.append(mlp_step(*inputs))
-
-    report = cublaslt_plans.tune_in_steps(run_step, rounds=2)
-    assert set(fresh_plans) == keys and len(report) == len(keys)
-    for record in report:
-        assert all(0 < us < float("inf") for us in record["us"]), record  # every candidate ran
-        assert record["us"][record["chosen"]] == min(record["us"])
-        assert record["autotuned"] is not None  # the autotuner's pick was among the candidates
-    assert sum(record["launches_per_step"] for record in report) == 6  # 2 forward, 4 backward GEMMs
-    assert len(steps) == 2 * max(len(record["us"]) for record in report)
-    assert cublaslt._launch_timer is None
-    x, w1, b1, w2 = (t.float().requires_grad_() for t in inputs)  # the same step in float32
-    out = F.linear(F.gelu(F.linear(x, w1, b1)), w2)
-    want = (out, *torch.autograd.grad(out.square().sum(), (x, w1, b1, w2)))
-    for g, w in zip(mlp_step(*inputs), want, strict=True):
-        torch.testing.assert_close(g.float(), w, rtol=2e-2, atol=2e-2 * w.abs().max().item())

@@ -142,6 +142,40 @@ def kernel_error_ratios(shape, mode, grad_x_out, device="cpu", seed=0, fn=fused_
     return ratios
 
 
+# bfloat16 residual stream (SiT's model.residual_dtype=autocast): (B, N, D), branch mode
+BF16_RESIDUAL_CASES = [((2, 5, 72), "biased"), ((2, 3, 1152), "gated"), ((2, 4, 96), "positional")]
+
+
+def bf16_residual_error_ratios(device="cpu") -> dict[str, float]:
+    """The kernels with a bfloat16 ``x`` (and so ``x_out`` and ``dx``) against the reference on
+    the same inputs (float32 arithmetic, bfloat16 rounding where the kernels round): errors
+    relative to 4 bfloat16 ulps of each value plus 4 of the largest. The two may round ``x_out``
+    one ulp apart (the interpreter truncates), which the LayerNorm after it carries into ``h`` and
+    the gradients as an error of the rows' scale, not of each (possibly tiny) value."""
+    ratios = {}
+    for shape, mode in BF16_RESIDUAL_CASES:
+        inputs = make_inputs(shape, mode, torch.bfloat16, torch.bfloat16, device)
+        g = torch.Generator().manual_seed(1)
+        dx_out = torch.randn(shape, generator=g).to(device, torch.bfloat16)
+        dh = torch.randn(shape, generator=g).to(device, torch.bfloat16)
+        frozen_x = mode == "positional"
+        got = value_and_grads(fused_bf16, inputs, dx_out, dh, frozen_x)
+
+        def reference(x, branch, gate, shift, scale, bias):
+            return add_norm_modulate_reference(
+                x, branch, gate, shift, scale, out_dtype=torch.bfloat16, bias=bias
+            )
+
+        want = value_and_grads(reference, inputs, dx_out, dh, frozen_x)
+        assert got[0].dtype == torch.bfloat16 and got[0].shape == shape
+        flat_got, flat_want = [got[0], got[1], *got[2]], [want[0], want[1], *want[2]]
+        for i, (a, e) in enumerate(zip(flat_got, flat_want, strict=True)):
+            assert a.dtype == e.dtype and a.shape == e.shape, (shape, mode, i)
+            bound = 4 * BF16_ULP * (e.double().abs() + e.double().abs().max())
+            ratios[f"{shape}-{mode}-{i}"] = ((a.double() - e.double()).abs() / bound).max().item()
+    return ratios
+
+
 def opcheck_results(device="cpu", test_utils=None) -> dict[str, str]:
     """``torch.library.opcheck`` of both custom ops (branch, gate and no-branch forward; backward)."""
     kwargs = {} if test_utils is None else {"test_utils": test_utils}
@@ -197,6 +231,7 @@ def interpreter_report() -> dict:
         "opcheck": opcheck_results(
             test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
         ),
+        "bf16_residual": bf16_residual_error_ratios(),
     }
 
 
@@ -315,6 +350,12 @@ def test_triton_interpreter_matches_float64_oracle(interpreter, case, finish):
     assert all(r <= 1.0 for r in ratios.values()), ratios
 
 
+def test_triton_interpreter_bf16_residual_stream(interpreter):
+    ratios = interpreter["bf16_residual"]
+    assert len(ratios) >= 3 * len(BF16_RESIDUAL_CASES)
+    assert all(r <= 1.0 for r in ratios.values()), ratios
+
+
 def test_triton_interpreter_opcheck(interpreter):
     results = interpreter["opcheck"]
     assert results and all(outcome == "SUCCESS" for outcome in results.values()), results
@@ -328,6 +369,12 @@ def test_triton_interpreter_opcheck(interpreter):
 @pytest.mark.parametrize("case", GPU_CASES, ids=case_id)
 def test_triton_cuda_matches_float64_oracle(case, finish):
     ratios = error_ratios_with_finish(case, finish, device="cuda")
+    assert all(r <= 1.0 for r in ratios.values()), ratios
+
+
+@pytest.mark.gpu
+def test_triton_cuda_bf16_residual_stream():
+    ratios = bf16_residual_error_ratios(device="cuda")
     assert all(r <= 1.0 for r in ratios.values()), ratios
 
 

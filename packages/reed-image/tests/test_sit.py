@@ -220,6 +220,44 @@ def test_fused_adaln_blocks_compute_the_same_velocity_and_gradients():
 
 
 @pytest.mark.parametrize("fused_adaln", [False, True])
+def test_residual_stream_in_the_autocast_dtype(fused_adaln):
+    """model.residual_dtype=autocast: under bf16 autocast every block output (what taps read) is
+    bf16, and velocity and gradients stay within bf16 rounding of the float32 residual stream;
+    without autocast it changes nothing."""
+    reference, model = plain_and_fused_sits(fused_adaln=fused_adaln, residual_dtype="autocast")
+    x, tau, y = torch.randn(3, 1, 16, 16).double(), torch.rand(3).double(), torch.tensor([0, 4, 10])
+    torch.testing.assert_close(model(x, tau, y), reference(x, tau, y), rtol=1e-12, atol=1e-12)
+
+    reference, model = reference.float(), model.float()
+    paths = {"first": "blocks.0", "last": "blocks.1"}
+    outputs = {}
+    for name, sit in (("float32", reference), ("autocast", model)):
+        with FeatureTaps(sit, paths) as taps, torch.autocast("cpu", dtype=torch.bfloat16):
+            v = sit(x.float(), tau.float(), y)
+            tapped = taps.pop()
+            ((v.float() ** 2).sum() + tapped["first"].float().sin().sum()).backward()
+        outputs[name] = v.float(), tapped, [p.grad for p in sit.parameters()]
+    (v_ref, taps_ref, grads_ref), (v_low, taps_low, grads_low) = outputs["float32"], outputs["autocast"]
+    assert {t.dtype for t in taps_ref.values()} == {torch.float32}
+    assert {t.dtype for t in taps_low.values()} == {torch.bfloat16}
+    assert not torch.equal(v_low, v_ref)  # the rounding of the residual stream shows
+    torch.testing.assert_close(v_low, v_ref, rtol=0.05, atol=0.05 * v_ref.abs().max().item())
+    for name in paths:
+        want = taps_ref[name]
+        torch.testing.assert_close(
+            taps_low[name].float(), want, rtol=0.05, atol=0.05 * want.abs().max().item()
+        )
+    for (name, _), g_low, g_ref in zip(reference.named_parameters(), grads_low, grads_ref, strict=True):
+        scale = g_ref.abs().max().item()
+        torch.testing.assert_close(g_low, g_ref, rtol=0.1, atol=0.05 * scale + 1e-6, msg=name)
+
+
+def test_unknown_residual_dtype_is_a_clear_error():
+    with pytest.raises(ValueError, match="model.residual_dtype"):
+        SiTConfig(residual_dtype="float16").resolved()
+
+
+@pytest.mark.parametrize("fused_adaln", [False, True])
 @pytest.mark.parametrize("mlp_fusion", ["fused_gelu", "fused_mlp"])
 def test_fused_mlps_compute_the_same_velocity_and_gradients(mlp_fusion, fused_adaln):
     """The fused MLP wiring (reference paths on the CPU; the kernels are tested in

@@ -55,7 +55,6 @@ Every cuBLASLt call's status is checked; a failure raises ``RuntimeError`` namin
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import threading
@@ -320,9 +319,6 @@ class _Plan:
 
 _plans: dict[tuple, _Plan] = {}
 _plans_lock = threading.Lock()
-# set by cublaslt_plans.tune_in_steps: ``_launch_timer(plan)`` is a context manager around each
-# launch (CUDA events on the launch's stream); None otherwise
-_launch_timer = None
 
 
 def _layout(dtype: torch.dtype, rows: int, cols: int, ld: int) -> ctypes.c_void_p:
@@ -423,14 +419,15 @@ def _checked_plan(device_index: int, spec: _Spec, align: int, algo: list[int], w
         ),
         "cublasLtMatmulAlgoCheck",
     )
-    if result.workspaceSize > min(workspace_limit, WORKSPACE_BYTES):
+    # the answer is the algorithm's need when a workspace is offered; a plan of the workspace-free
+    # query (limit 0) runs the same algorithm's variant without one
+    if workspace_limit and result.workspaceSize > min(workspace_limit, WORKSPACE_BYTES):
         raise RuntimeError(
             f"cuBLASLt: the algorithm needs {result.workspaceSize} bytes of workspace, "
             f"more than {workspace_limit}"
         )
-    return _Plan(
-        spec, desc, layouts, words, int(result.workspaceSize), float(result.wavesCount), workspace_limit
-    )
+    workspace_size = int(result.workspaceSize) if workspace_limit else 0
+    return _Plan(spec, desc, layouts, words, workspace_size, float(result.wavesCount), workspace_limit)
 
 
 def _plan(device_index: int, spec: _Spec, align: int, launch) -> _Plan:
@@ -544,8 +541,7 @@ def _run(plan: _Plan, device_index: int, a_ptr: int, b_ptr: int, d_ptr: int, bia
     a, b, d = plan.layouts
     stream = torch.cuda.current_stream(device_index).cuda_stream
     workspace = _workspace(device_index)
-    timer = _launch_timer(plan) if _launch_timer is not None else contextlib.nullcontext()
-    with plan.lock, timer:
+    with plan.lock:
         if plan.spec.bias_dtype is not None:
             _set_desc(plan.desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias_ptr))
         if plan.spec.aux:

@@ -48,6 +48,8 @@ ATTENTION_BACKENDS = {
 # model.attention: an SDPA kernel above, or "fa4": FlashAttention-4 on the packed qkv, its backward
 # writing the qkv gradient in place of autograd's stack (models/flash_attention.py; Hopper GPUs)
 ATTENTION_CHOICES = (*ATTENTION_BACKENDS, "fa4")
+# the residual stream's dtype (SiTConfig.residual_dtype)
+RESIDUAL_DTYPES = ("float32", "autocast")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,13 @@ class SiTConfig:
     # not with fused_gelu. An fc1/fc2 swapped for another Linear class
     # (FP8) keeps the unfused path.
     fused_mlp: bool = False
+    # the residual stream (every block's x, and its gradient): "float32", what autocast's type
+    # promotion makes it (bf16 patches + float32 positions), as in SiT's and REPA's code; or
+    # "autocast": the autocast dtype (bf16), as Megatron-LM keeps it by default (its
+    # --fp32-residual-connection off). Each residual add still computes in float32 and rounds
+    # once. Without autocast both are the same. With fused_adaln it takes a third of the adaLN
+    # kernels' traffic (SiT-XL/2: 12 -> 8 bytes an element forward, 18 -> 12 backward).
+    residual_dtype: str = "float32"
     depth: int | None = None
     hidden_size: int | None = None
     num_heads: int | None = None
@@ -94,6 +103,10 @@ class SiTConfig:
         if self.attention not in ATTENTION_CHOICES:
             raise ValueError(
                 f"model.attention: unknown {self.attention!r}; choose one of {list(ATTENTION_CHOICES)}"
+            )
+        if self.residual_dtype not in RESIDUAL_DTYPES:
+            raise ValueError(
+                f"model.residual_dtype: unknown {self.residual_dtype!r}; choose from {list(RESIDUAL_DTYPES)}"
             )
         if hidden % heads:
             raise ValueError(f"model.hidden_size {hidden} is not divisible by num_heads {heads}")
@@ -536,19 +549,29 @@ class SiT(nn.Module):
         c = self.t_embedder(tau) + self.y_embedder(y)  # (B, D)
         # at least float32 (also with bf16 parameters, train.param_dtype): every block adds to its gradient
         c = c.to(torch.promote_types(c.dtype, torch.float32))
+        patches = self.embed_patches(x)  # (B, N, D)
         if self.cfg.fused_adaln:
-            return self.unpatchify(self._forward_fused_adaln(self.embed_patches(x), c))
-        h = self.embed_patches(x) + self.pos_embed  # (B, N, D)
+            return self.unpatchify(self._forward_fused_adaln(patches, c))
+        h = (patches + self.pos_embed).to(self.residual_dtype(patches))
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
+
+    def residual_dtype(self, patches: torch.Tensor) -> torch.dtype:
+        """The residual stream's dtype for the patch embedding ``patches`` (``model.residual_dtype``):
+        ``patches + pos_embed``'s (float32 under autocast), or the autocast dtype with "autocast"."""
+        device_type = patches.device.type
+        if self.cfg.residual_dtype == "autocast" and torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return torch.promote_types(self.pos_embed.dtype, patches.dtype)
 
     def _forward_fused_adaln(self, patches: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Blocks and final layer with every residual add fused into the LayerNorm + modulate after it.
 
         The same equations as the unfused loop, from the patch embedding ``patches [B, N, D]``: the
-        first kernel forms the residual stream ``x = pos_embed + patches`` (float32, as autocast's
-        type promotion makes it) and block 0's LN1 + modulate. Block ``i`` forms block ``i+1``'s
+        first kernel forms the residual stream ``x = pos_embed + patches`` (in ``residual_dtype``:
+        float32 as autocast's type promotion makes it, or the autocast dtype) and block 0's LN1 +
+        modulate. Block ``i`` forms block ``i+1``'s
         adaLN output (it needs its LN1 shift/scale), so each adaLN Linear still runs once, inside a
         block.
         """
@@ -556,7 +579,7 @@ class SiT(nn.Module):
         modulation = self.blocks[0].adaLN_modulation(c)  # (B, 6D)
         autocast = torch.is_autocast_enabled(patches.device.type)
         out_dtype = torch.get_autocast_dtype(patches.device.type) if autocast else patches.dtype
-        pos_embed = self.pos_embed.to(torch.promote_types(self.pos_embed.dtype, patches.dtype))
+        pos_embed = self.pos_embed.to(self.residual_dtype(patches))
         x, h = add_norm_modulate(
             pos_embed, patches, None, modulation[:, :D], modulation[:, D : 2 * D], out_dtype=out_dtype
         )
