@@ -179,7 +179,7 @@ def _row_vector(vec: torch.Tensor) -> torch.Tensor:
     return vec if vec.stride(-1) == 1 else vec.contiguous()
 
 
-def _fwd_config(dim: int) -> tuple[int, int, int]:
+def _fwd_config(dim: int, itemsize: int) -> tuple[int, int, int]:
     """``(BLOCK_D, rows per program, num_warps)``: whole padded rows of D in registers.
 
     D = 1152 pads to 2048 lanes: one row per program, 4 warps (16 float32 a thread); on an H100
@@ -192,7 +192,7 @@ def _fwd_config(dim: int) -> tuple[int, int, int]:
     return block_d, rows, num_warps
 
 
-def _bwd_config(dim: int) -> tuple[int, int, int, int]:
+def _bwd_config(dim: int, itemsize: int) -> tuple[int, int, int, int]:
     """``(BLOCK_D, rows per loop step, num_warps, num_stages)`` of the backward's token loop.
 
     D = 1152: one row a step, 8 warps, 3 pipeline stages: 2.8 TB/s on an H100 (without the
@@ -455,7 +455,7 @@ def _add_norm_modulate_fwd(
     num_rows = batch * tokens
     if num_rows == 0:
         return x_out, h, mean, rstd
-    block_d, rows, num_warps = _fwd_config(dim)
+    block_d, rows, num_warps = _fwd_config(dim, x.element_size())
     if TRITON_INTERPRET:  # wrap_triton refuses the interpreter's kernels
         kernel = interpreter_kernel(_add_norm_modulate_fwd_kernel, x, "add_norm_modulate")
     else:
@@ -528,7 +528,7 @@ def _add_norm_modulate_bwd(
     has_bias = need_dgate and bias is not None
     if has_bias:
         bias = bias.contiguous()
-    block_d, rows, num_warps, num_stages = _bwd_config(dim)
+    block_d, rows, num_warps, num_stages = _bwd_config(dim, x_out.element_size())
 
     # token tiles: about _BWD_PROGRAMS_PER_SM programs per SM in all, each tile a power of two of
     # tokens (a constexpr: few kernel variants) and a multiple of the rows done at once
