@@ -182,12 +182,18 @@ def _row_vector(vec: torch.Tensor) -> torch.Tensor:
 def _fwd_config(dim: int, itemsize: int) -> tuple[int, int, int]:
     """``(BLOCK_D, rows per program, num_warps)``: whole padded rows of D in registers.
 
-    D = 1152 pads to 2048 lanes: one row per program, 4 warps (16 float32 a thread); on an H100
-    that ran at 2.8 TB/s of the 3.0 a plain copy reaches (8 and 16 warps, or 2 and 4 rows, were
-    slower). Narrow rows are packed a few per program so a program still holds about 2048 elements.
+    D = 1152 pads to 2048 lanes. A float32 residual stream (``itemsize`` 4): one row per program,
+    4 warps (16 float32 a thread); on an H100 that ran at 2.8 TB/s of the 3.0 a plain copy
+    reaches (8 and 16 warps, or 2 and 4 rows, were slower). A bfloat16 one (``itemsize`` 2, SiT's
+    ``residual_dtype="autocast"``): 4 rows, 8 warps, 59 us against 63.5 for the float32 choice
+    (tools/bench_adaln.py, H100; 1-8 warps and 1-4 rows spanned 59-72 us). Narrow rows are packed
+    a few per program so a program still holds about as many elements.
     """
     block_d = triton.next_power_of_2(dim)
-    rows = max(1, min(16, 2048 // block_d))
+    elements = 8192 if itemsize <= 2 else 2048
+    rows = max(1, min(16, elements // block_d))
+    if itemsize <= 2 and block_d <= 8192:
+        return block_d, rows, 8
     num_warps = 4 if block_d * rows <= 2048 else (8 if block_d <= 8192 else 16)
     return block_d, rows, num_warps
 
@@ -195,11 +201,15 @@ def _fwd_config(dim: int, itemsize: int) -> tuple[int, int, int]:
 def _bwd_config(dim: int, itemsize: int) -> tuple[int, int, int, int]:
     """``(BLOCK_D, rows per loop step, num_warps, num_stages)`` of the backward's token loop.
 
-    D = 1152: one row a step, 8 warps, 3 pipeline stages: 2.8 TB/s on an H100 (without the
-    pipelining 1.8 TB/s); 4 or 16 warps and 2 or 4 rows a step were within a few percent.
+    D = 1152, float32 residual stream: one row a step, 8 warps, 3 pipeline stages: 2.8 TB/s on an
+    H100 (without the pipelining 1.8 TB/s); 4 or 16 warps and 2 or 4 rows a step were within a
+    few percent. bfloat16 residual stream: one row, 4 warps, 4 stages, 113 us against 119 for the
+    float32 choice (tools/bench_adaln.py, H100; the 24 configurations timed spanned 113-121 us).
     """
     block_d = triton.next_power_of_2(dim)
     rows = max(1, min(16, 2048 // block_d))
+    if itemsize <= 2 and block_d <= 8192:
+        return block_d, rows, 4, 4
     num_warps = 8 if block_d <= 8192 else 16
     return block_d, rows, num_warps, 3
 
