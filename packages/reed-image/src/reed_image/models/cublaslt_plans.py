@@ -6,7 +6,7 @@ wins differs from process to process where candidates are within a few percent o
 (SiT-XL/2 on an H100), and another algorithm may round the last bit differently. A plan file
 pins them: ``save_plans(path)`` writes every plan of a device as JSON (atomically), with the GPU's
 name and cuBLASLt's version; ``load_plans(path)`` installs them before the first call, so that a
-process (a resumed run, a benchmark repeat) runs those algorithms without autotuning. Each
+process that loads it first (a benchmark repeat, a resumed run) runs those algorithms without autotuning. Each
 algorithm is checked by ``cublasLtMatmulAlgoCheck`` for its shape; a file from another GPU or
 cuBLASLt version, or with an algorithm cuBLASLt does not accept, ends in a ``ValueError`` naming
 the file and the entry. Shapes not in the file autotune as usual.
@@ -46,10 +46,6 @@ def _device_index(device: int | torch.device | None) -> int:
     if device is None:
         return torch.cuda.current_device()
     return torch.device("cuda", device).index if isinstance(device, int) else torch.device(device).index or 0
-
-
-def _same_algo(plan: cublaslt._Plan, algo: list[int], workspace_limit: int) -> bool:
-    return list(plan.algo) == list(algo) and plan.workspace_limit == workspace_limit
 
 
 # ---------------------------------------------------------------- files
@@ -143,7 +139,7 @@ def load_plans(path: str | os.PathLike, device: int | torch.device | None = None
     name, version = torch.cuda.get_device_name(index), cublaslt.library_version()
     if document["device"] != name or document["cublaslt_version"] != version:
         raise ValueError(
-            f"cuBLASLt plan file {path}: tuned on {document['device']!r} with cuBLASLt "
+            f"cuBLASLt plan file {path}: saved on {document['device']!r} with cuBLASLt "
             f"{document['cublaslt_version']}, this is {name!r} with cuBLASLt {version}; save the plans "
             "again on this machine (tools/bench_image.py --save-cublaslt-plans)"
         )
