@@ -123,6 +123,21 @@ def test_saved_plans_load_into_a_fresh_cache_and_run_the_same_algorithms(tmp_pat
 
 @pytest.mark.gpu
 @needs_cublaslt
+def test_the_image_task_option_installs_a_plan_file(tmp_path, fresh_plans):
+    from reed_image.task import install_cublaslt_plans
+
+    mlp_step(*mlp_inputs())
+    path = tmp_path / "plans.json"
+    saved = cublaslt_plans.save_plans(path)
+    algos = {key: list(plan.algo) for key, plan in fresh_plans.items()}
+    fresh_plans.clear()
+    assert install_cublaslt_plans(str(path), torch.device("cuda")) == saved  # model.cublaslt_plans
+    assert {key: list(plan.algo) for key, plan in fresh_plans.items()} == algos
+    assert install_cublaslt_plans(str(path), torch.device("cpu")) == 0  # read and checked only
+
+
+@pytest.mark.gpu
+@needs_cublaslt
 def test_a_plan_file_from_another_gpu_or_version_is_refused(tmp_path, fresh_plans):
     mlp_step(*mlp_inputs())
     path = tmp_path / "plans.json"

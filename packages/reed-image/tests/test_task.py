@@ -66,6 +66,17 @@ def test_bad_configs_fail_before_any_work(make_cfg):
         ImageTask(replace(cfg, objective=replace(cfg.objective, targets=targets)))
 
 
+def test_a_bad_cublaslt_plan_file_fails_before_any_work(make_cfg, tmp_path):
+    cfg = make_cfg()
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ValueError, match=r"model.cublaslt_plans: .*nope.json: no such file"):
+        ImageTask(replace(cfg, model=replace(cfg.model, cublaslt_plans=str(missing))))
+    broken = tmp_path / "plans.json"
+    broken.write_text('{"format": "reed-cublaslt-plans/1", "device": "GPU", "plans": []}')
+    with pytest.raises(ValueError, match=r"model.cublaslt_plans: .*plans.json: field 'cublaslt_version'"):
+        ImageTask(replace(cfg, model=replace(cfg.model, cublaslt_plans=str(broken))))
+
+
 def _fit(cfg):
     task = ImageTask(cfg)
     result = Trainer(cfg.train, task, experiment_config=cfg).fit()

@@ -31,6 +31,7 @@ from reed_image.data import ImageBatch, ImageSet, load_source, to_unit_range
 from reed_image.data.latents import sample_posterior
 from reed_image.image_io import save_grid
 from reed_image.interpolants import Interpolant, TimeSampler, velocity_loss
+from reed_image.models import cublaslt, cublaslt_plans
 from reed_image.models.sit import SiT
 from reed_image.samplers import SamplerConfig, sample
 from reed_image.targets.build import TargetTable, ensure_store
@@ -76,6 +77,20 @@ def build_denoiser(cfg: ImageConfig) -> SiT:
     return SiT(cfg.model)
 
 
+def install_cublaslt_plans(path: str, device: torch.device) -> int:
+    """``model.cublaslt_plans``: the plan file is read and checked on any device, and its plans
+    installed where cuBLASLt runs (a CUDA device); returns how many were installed. A missing,
+    malformed or foreign file is a ``ValueError`` naming the option and the file."""
+    try:
+        cublaslt_plans.read_plan_file(path)
+        if device.type != "cuda" or not cublaslt.available():
+            return 0
+        with torch.cuda.device(device):
+            return cublaslt_plans.load_plans(path, device)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"model.cublaslt_plans: {err}") from None
+
+
 class ImageTask:
     """``model`` (SiT + projectors in a :class:`ReedModel`), ``batch``, ``loss``, ``evaluate``."""
 
@@ -88,6 +103,8 @@ class ImageTask:
         )
         self.images = self.images.subset(d.limit, seed=cfg.train.seed)
         check_model_fits_data(cfg, self.images)
+        if cfg.model.cublaslt_plans:
+            install_cublaslt_plans(cfg.model.cublaslt_plans, self.device)
         self.targets = enabled_targets(cfg)
         depth = cfg.model.resolved()[0]
         for name, tcfg in self.targets.items():  # fail before any store is built

@@ -45,7 +45,10 @@ def _describe(spec: cublaslt._Spec, align: int) -> str:
 def _device_index(device: int | torch.device | None) -> int:
     if device is None:
         return torch.cuda.current_device()
-    return torch.device("cuda", device).index if isinstance(device, int) else torch.device(device).index or 0
+    if isinstance(device, int):
+        return device
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else index
 
 
 # ---------------------------------------------------------------- files

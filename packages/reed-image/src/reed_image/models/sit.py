@@ -89,6 +89,11 @@ class SiTConfig:
     # once. Without autocast both are the same. With fused_adaln it takes a third of the adaLN
     # kernels' traffic (SiT-XL/2: 12 -> 8 bytes an element forward, 18 -> 12 backward).
     residual_dtype: str = "float32"
+    # a cuBLASLt plan file (models/cublaslt_plans.py: cublaslt_plans.save_plans, or
+    # tools/bench_image.py --save-cublaslt-plans): read and checked when the task is built, and its
+    # plans installed on a CUDA device, so that the GEMMs of fused_mlp and the cuBLASLt Linears run
+    # those algorithms instead of autotuning (the same algorithms after a restart). "" = autotune
+    cublaslt_plans: str = ""
     depth: int | None = None
     hidden_size: int | None = None
     num_heads: int | None = None
