@@ -82,11 +82,11 @@ def install_cublaslt_plans(path: str, device: torch.device) -> int:
     installed where cuBLASLt runs (a CUDA device); returns how many were installed. A missing,
     malformed or foreign file is a ``ValueError`` naming the option and the file."""
     try:
-        cublaslt_plans.read_plan_file(path)
         if device.type != "cuda" or not cublaslt.available():
+            cublaslt_plans.read_plan_file(path)
             return 0
         with torch.cuda.device(device):
-            return cublaslt_plans.load_plans(path, device)
+            return cublaslt_plans.load_plans(path, device)  # reads and checks the file itself
     except (FileNotFoundError, ValueError) as err:
         raise ValueError(f"model.cublaslt_plans: {err}") from None
 

@@ -410,7 +410,8 @@ def _checked_plan(device_index: int, spec: _Spec, align: int, algo: list[int], w
     stores them), if ``cublasLtMatmulAlgoCheck`` accepts it for ``spec`` within
     ``workspace_limit`` bytes of workspace; ``RuntimeError`` otherwise."""
     make_desc, layouts = _descriptors(spec, align)
-    desc, (a, b, d) = make_desc(), layouts
+    desc = make_desc()
+    a, b, d = layouts
     words = (ctypes.c_uint64 * 8)(*algo)
     result = _HeuristicResult()
     _check(

@@ -6,10 +6,11 @@ wins differs from process to process where candidates are within a few percent o
 (SiT-XL/2 on an H100), and another algorithm may round the last bit differently. A plan file
 pins them: ``save_plans(path)`` writes every plan of a device as JSON (atomically), with the GPU's
 name and cuBLASLt's version; ``load_plans(path)`` installs them before the first call, so that a
-process that loads it first (a benchmark repeat, a resumed run) runs those algorithms without autotuning. Each
-algorithm is checked by ``cublasLtMatmulAlgoCheck`` for its shape; a file from another GPU or
-cuBLASLt version, or with an algorithm cuBLASLt does not accept, ends in a ``ValueError`` naming
-the file and the entry. Shapes not in the file autotune as usual.
+process that loads it first (a benchmark repeat, a resumed run: SiT's ``model.cublaslt_plans``)
+runs those algorithms without autotuning. Each algorithm is checked by
+``cublasLtMatmulAlgoCheck`` for its shape; a file from another GPU or cuBLASLt version, or with
+an algorithm cuBLASLt does not accept, ends in a ``ValueError`` naming the file and the entry.
+Shapes not in the file autotune as usual.
 """
 
 from __future__ import annotations
