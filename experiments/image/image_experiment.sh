@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Vanilla SiT vs one vision target (REPA-like) vs REED on Fashion-MNIST (32x32, SiT-S/2), one GPU.
 #
-#   OUT=out STEPS=4000 EVAL_EVERY=500 bash tools/image_experiment.sh
+#   OUT=out STEPS=4000 EVAL_EVERY=500 bash experiments/image/image_experiment.sh   # from the repo root
 #
-# Needs the carried folder from `python tools/image_prepare_carry.py` (CARRY, default .carry/image)
-# and an evaluation classifier (CLASSIFIER; trained here on the GPU when the file is missing).
-# Builds the two feature stores once (EfficientNet-Lite0 tokens on the GPU from the carried weight
-# file; caption store from the carried MiniLM table), then trains the variants as parallel
-# processes with the same model, data, seed and budget. Target tables are gathered on the GPU
-# (LOCATION=device, 9.8 GB per process that aligns to the vision tokens); LOCATION=host keeps them
-# in RAM and copies each batch through pinned memory. The first GPU run with LOCATION=host and
-# unlimited CPU threads ran the aligned variants at ~1 step/s (vanilla: ~20/s); see
-# docs/results/image.md. Each trainer gets OMP_NUM_THREADS=2.
-# Writes results.json, results.md, image_fd.png, experiment.log and runs.tgz (logs, metrics,
-# evaluations, configs and sample grids of every variant) into $OUT; at most 8 files come back
-# from the GPU machine, so everything else is packed into runs.tgz.
+# Needs the carried folder from `python experiments/image/image_prepare_carry.py` (CARRY, default
+# .carry/image) and an evaluation classifier (CLASSIFIER; trained here on the GPU when the file
+# is missing). Builds the two feature stores once (EfficientNet-Lite0 tokens on the GPU from the
+# carried weight file; caption store from the carried MiniLM table), then trains the variants as
+# parallel processes with the same model, data, seed and budget. Target tables are gathered on
+# the GPU (LOCATION=device, 9.8 GB per process that aligns to the vision tokens); LOCATION=host
+# keeps them in RAM and copies each batch through pinned memory. The first GPU run with
+# LOCATION=host and unlimited CPU threads ran the aligned variants at ~1 step/s (vanilla: ~20/s).
+# Each trainer gets OMP_NUM_THREADS=2.
+# Writes results.json, results.md and image_fd.png (tools/compare_runs.py), experiment.log and
+# runs.tgz (logs, metrics, evaluations, configs and sample grids of every variant) into $OUT; at
+# most 8 files come back from the GPU machine, so everything else is packed into runs.tgz.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 CARRY=${CARRY:-.carry/image}
@@ -80,7 +80,10 @@ for v in $VARIANTS; do
   cp "$OUT/train_$v.log" "$OUT/runs/$v/train.log"
 done
 tail -n 3 "$OUT"/train_*.log
-$PY tools/image_report.py --runs "$OUT/runs" --variants $VARIANTS --out "$OUT" || status=1
+specs=(); for v in $VARIANTS; do specs+=("$v=$OUT/runs/$v"); done
+$PY tools/compare_runs.py "${specs[@]}" --metric ema/fd --lower-is-better --also ema/precision ema/recall ema/is \
+  --log-y --title "SiT-S/2 on Fashion-MNIST 32x32 (batch $BATCH)" --plot "$OUT/image_fd.png" \
+  --md "$OUT/results.md" --json "$OUT/results.json" || status=1
 tar czf "$FINAL/runs.tgz" --exclude='*.pt' -C "$OUT" . || status=1
 cp "$OUT"/results.json "$OUT"/results.md "$OUT"/image_fd.png "$OUT"/experiment.log "$FINAL"/ 2>/dev/null || true
 exit $status

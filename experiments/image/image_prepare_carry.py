@@ -1,6 +1,6 @@
 """Prepare the folder that travels to the GPU machine for the image experiment (CPU, once).
 
-    python tools/image_prepare_carry.py --out .carry/image
+    python experiments/image/image_prepare_carry.py --out .carry/image
 
 Writes (about 50 MB, under the 64 MiB carry limit):
   fashion-mnist/          the four IDX .gz files of the Debian package

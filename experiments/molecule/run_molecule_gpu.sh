@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Baseline vs REED on QM9 in one GPU session (both trainings run side by side on one GPU).
 #
-#   tools/run_molecule_gpu.sh DATA_NPZ WHEEL_DIR OUT_DIR [TRAIN_SECONDS] [extra key=value ...]
+#   bash experiments/molecule/run_molecule_gpu.sh DATA_NPZ WHEEL_DIR OUT_DIR [TRAIN_SECONDS] [key=value ...]
 #
 # DATA_NPZ:  MoleculeArrays of all of QM9 (python -m reed_molecule.data.qm9 --out FILE)
 # WHEEL_DIR: rdkit / fcd-torch wheels to install where they are missing ('' to skip)
@@ -16,7 +16,7 @@ SECONDS_TRAIN=${4:-400}
 shift $(( $# >= 4 ? 4 : $# ))
 EXTRA=("$@")
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 if [[ -n $WHEELS ]]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/reed_site "$WHEELS"/*.whl
@@ -41,10 +41,11 @@ PID_REED=$!
 wait $PID_BASE || echo "baseline exited with $? (124/130 = stopped at the time limit)"
 wait $PID_REED || echo "reed exited with $? (124/130 = stopped at the time limit)"
 for run in baseline reed; do
-    cp "$RUNS/$run/eval.jsonl" "$OUT/${run}_eval.jsonl" 2>/dev/null || echo "no evaluations for $run"
-    cp "$RUNS/$run/metrics.jsonl" "$OUT/${run}_metrics.jsonl" 2>/dev/null || true
+    mkdir -p "$OUT/$run"
+    cp "$RUNS/$run/eval.jsonl" "$OUT/$run/" 2>/dev/null || echo "no evaluations for $run"
+    cp "$RUNS/$run/metrics.jsonl" "$OUT/$run/" 2>/dev/null || true
     tail -n 3 "$OUT/$run.log"
 done
-python3 "$ROOT/tools/report_molecule.py" --baseline "$OUT/baseline_eval.jsonl" --reed "$OUT/reed_eval.jsonl" \
-    --baseline-train "$OUT/baseline_metrics.jsonl" --reed-train "$OUT/reed_metrics.jsonl" \
-    --plot "$OUT/molecule_qm9.png" --json "$OUT/summary.json"
+python3 "$ROOT/tools/compare_runs.py" baseline="$OUT/baseline" reed="$OUT/reed" --metric mol_stability --common-x \
+    --also atom_stability validity connected_validity uniqueness novelty mmff_energy_median mmff_strain_median fcd \
+    --plot-also atom_stability validity uniqueness --plot "$OUT/molecule_qm9.png" --json "$OUT/summary.json"

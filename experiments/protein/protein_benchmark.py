@@ -1,7 +1,7 @@
 """Steps of the protein benchmark (baseline vs REED on the offline split); see protein_benchmark.sh.
 
-    python tools/protein_benchmark.py stores --data offline.npz --out work/targets
-    python tools/protein_benchmark.py plan --data offline.npz --stores work/targets \\
+    python experiments/protein/protein_benchmark.py stores --data offline.npz --out work/targets
+    python experiments/protein/protein_benchmark.py plan --data offline.npz --stores work/targets \\
         --seconds 380 --out work/configs
 
 ``stores`` precomputes the pretrained ProteinMPNN encoder's node (structure) and edge (pair)

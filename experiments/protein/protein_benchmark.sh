@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Baseline vs REED (ProteinMPNN targets) on the offline split, side by side on one GPU.
 #
-#   python tools/protein_prepare.py --out .carry/protein          # on a CPU machine with biotite
-#   bash tools/protein_benchmark.sh .carry/protein OUT [TRAIN_SECONDS]
+#   python experiments/protein/protein_prepare.py --out .carry/protein   # on a CPU machine with biotite
+#   bash experiments/protein/protein_benchmark.sh .carry/protein OUT [TRAIN_SECONDS]   # repo root, GPU
 #
 # Needs only torch + numpy (+ pyyaml, tqdm) where it runs: structures come parsed in
 # CARRY/offline.npz and ProteinMPNN as CARRY/site/proteinmpnn. Writes into OUT: log.txt,
@@ -23,8 +23,8 @@ LOG="$OUT/log.txt"
 say() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
 
 say "device: $($PY -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch.__version__)')"
-$PY tools/protein_benchmark.py stores --data "$DATA" --out "$WORK/targets" 2>&1 | tee -a "$LOG"
-$PY tools/protein_benchmark.py plan --data "$DATA" --stores "$WORK/targets" --out "$WORK/configs" \
+$PY experiments/protein/protein_benchmark.py stores --data "$DATA" --out "$WORK/targets" 2>&1 | tee -a "$LOG"
+$PY experiments/protein/protein_benchmark.py plan --data "$DATA" --stores "$WORK/targets" --out "$WORK/configs" \
     --runs "$WORK/runs" --seconds "$TRAIN_SECONDS" ${PLAN_ARGS:-} 2>&1 | tee -a "$LOG"
 cp "$WORK/configs/plan.json" "$OUT/"
 

