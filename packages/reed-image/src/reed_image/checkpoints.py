@@ -9,7 +9,7 @@ import torch
 from reed_core.config import ConfigError, config_from_dict
 from reed_core.train import CheckpointError, load_checkpoint
 from reed_image.configs import ImageConfig
-from reed_image.models.sit import SiT
+from reed_image.models import SiT, build_sit
 
 WEIGHTS = ("ema", "raw")
 
@@ -32,7 +32,7 @@ def load_denoiser(
     key = "ema" if weights == "ema" else "model"
     prefix = "denoiser."
     sd = {k[len(prefix) :]: v for k, v in state[key].items() if k.startswith(prefix)}
-    model = SiT(cfg.model)
+    model = build_sit(cfg.model)
     try:
         model.load_state_dict(sd)
     except RuntimeError as err:

@@ -31,8 +31,7 @@ from reed_image.data import ImageBatch, ImageSet, load_source, to_unit_range
 from reed_image.data.latents import sample_posterior
 from reed_image.image_io import save_grid
 from reed_image.interpolants import Interpolant, TimeSampler, velocity_loss
-from reed_image.models import cublaslt, cublaslt_plans
-from reed_image.models.sit import SiT
+from reed_image.models import SiT, build_sit, install_cublaslt_plans
 from reed_image.samplers import SamplerConfig, sample
 from reed_image.targets.build import TargetTable, ensure_store
 from reed_image.targets.vision import resample_tokens
@@ -74,21 +73,7 @@ def enabled_targets(cfg: ImageConfig) -> dict[str, TargetConfig]:
 
 
 def build_denoiser(cfg: ImageConfig) -> SiT:
-    return SiT(cfg.model)
-
-
-def install_cublaslt_plans(path: str, device: torch.device) -> int:
-    """``model.cublaslt_plans``: the plan file is read and checked on any device, and its plans
-    installed where cuBLASLt runs (a CUDA device); returns how many were installed. A missing,
-    malformed or foreign file is a ``ValueError`` naming the option and the file."""
-    try:
-        if device.type != "cuda" or not cublaslt.available():
-            cublaslt_plans.read_plan_file(path)
-            return 0
-        with torch.cuda.device(device):
-            return cublaslt_plans.load_plans(path, device)  # reads and checks the file itself
-    except (FileNotFoundError, ValueError) as err:
-        raise ValueError(f"model.cublaslt_plans: {err}") from None
+    return build_sit(cfg.model)  # SiT, or FusedSiT with model.kernels
 
 
 class ImageTask:

@@ -1,4 +1,4 @@
-"""Helpers shared by the hand-written Triton ops (``fused_adaln.py``, ``fused_gelu.py``).
+"""Helpers shared by the hand-written Triton ops (``fused_adaln.py``, ``attention_prepost.py``).
 
 Whether the Triton path runs for a device (CUDA, or CPU through Triton's interpreter when
 ``TRITON_INTERPRET=1`` was set before Triton was imported), the kernel to launch in interpreter mode,

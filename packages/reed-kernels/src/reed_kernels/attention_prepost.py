@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from reed_image.models._triton_util import TRITON_INTERPRET, column_sum, interpreter_kernel
+from reed_kernels._triton_util import TRITON_INTERPRET, column_sum, interpreter_kernel
 
 try:
     import triton
@@ -64,10 +64,11 @@ __all__ = [
 
 # tokens per row of the colsum partial sums (and per preprocess program)
 ROWS_PER_PARTIAL = 64
-# warps per program of the two kernels, and the postprocess's columns per step (in groups of 8).
-# SiT-XL/2, batch 64, on an H100 (GPU time a call): the preprocess 62 us with 4 warps (72 with 8;
-# FlashAttention-4's own 64 us); the postprocess 59 us with 2 warps and the whole tile width at
-# once (71 with 4 warps, 78-141 us in steps of 8-32 columns; FlashAttention-4's own 60 us)
+# warps per program of the two kernels, and the postprocess's columns per step (in groups of 8):
+# the defaults of their arguments. SiT-XL/2, batch 64, on an H100 (GPU time a call): the
+# preprocess 62 us with 4 warps (72 with 8; FlashAttention-4's own 64 us); the postprocess 59 us
+# with 2 warps and the whole tile width at once (71 with 4 warps, 78-141 us in steps of 8-32
+# columns; FlashAttention-4's own 60 us; benchmarks/bench_attention_prepost.py)
 PRE_NUM_WARPS = 4
 POST_NUM_WARPS = 2
 POST_COL_GROUPS = 16
@@ -235,6 +236,7 @@ def attention_bwd_preprocess(
     dq_accum: torch.Tensor,
     tile_hdim: int,
     colsum: torch.Tensor,
+    num_warps: int = PRE_NUM_WARPS,
 ) -> None:
     """Fill ``dpsum``, ``lse_log2`` (``[B, H, N]``, float32), zero ``dq_accum``'s first
     ``N * tile_hdim`` floats of each ``(b, h)`` row, and write colsum's key (zeros) and value
@@ -265,16 +267,23 @@ def attention_bwd_preprocess(
         BLOCK_M=ROWS_PER_PARTIAL,
         BLOCK_D=triton.next_power_of_2(head_dim),
         ZERO_BLOCK=triton.next_power_of_2(ROWS_PER_PARTIAL * tile_hdim),
-        num_warps=PRE_NUM_WARPS,
+        num_warps=num_warps,
     )
 
 
 def attention_bwd_postprocess(
-    dq_accum: torch.Tensor, dq: torch.Tensor, scale: float, tile_m: int, tile_hdim: int, colsum: torch.Tensor
+    dq_accum: torch.Tensor,
+    dq: torch.Tensor,
+    scale: float,
+    tile_m: int,
+    tile_hdim: int,
+    colsum: torch.Tensor,
+    col_groups: int = POST_COL_GROUPS,
+    num_warps: int = POST_NUM_WARPS,
 ) -> None:
     """``dq = scale * dq_accum`` (unpermuted from the accumulator tiles of ``tile_m`` rows, 64 a
     warpgroup) into ``dq [B, N, H, d]`` (heads ``d`` apart, e.g. a slot of ``dqkv``), and colsum's
-    query slot."""
+    query slot; ``col_groups`` groups of 8 columns a step, ``num_warps`` warps a program."""
     batch, tokens, heads, head_dim = dq.shape
     _check_layout("dq", dq)
     grid = (tokens // tile_m, heads, batch)
@@ -290,8 +299,8 @@ def attention_bwd_postprocess(
         HEAD_DIM=head_dim,
         TILE_M=tile_m,
         TILE_HDIM=tile_hdim,
-        COL_GROUPS=min(POST_COL_GROUPS, triton.next_power_of_2(tile_hdim // 8)),
-        num_warps=POST_NUM_WARPS,
+        COL_GROUPS=min(col_groups, triton.next_power_of_2(tile_hdim // 8)),
+        num_warps=num_warps,
     )
 
 

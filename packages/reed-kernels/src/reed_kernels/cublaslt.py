@@ -5,8 +5,10 @@ Two primitives on row-major torch tensors (bfloat16 or float16 in and out, float
     linear_gelu_aux(x [M, K], weight [N, K], bias [N]) -> (out, pre)    (epilogue GELU_AUX_BIAS)
         pre = x W^T + b,  out = gelu_tanh(pre)                                       (both [M, N])
 
-    matmul_dgelu_bgrad(dout [M, N2], weight [N2, N], pre [M, N]) -> (dpre, dbias)  (DGELU_BGRAD)
+    matmul_dgelu_bgrad(dout [M, N2], weight [N2, N], pre [M, N]) -> (dpre, dbias)  (DGELU, + a gemv)
         dpre = (dout W) * gelu_tanh'(pre)  [M, N],   dbias = sum over rows of dpre  [N]
+
+    matmul(a [M, K], b [K, N], bias=None, sum_a=False) -> (d, a_sum)    (DEFAULT, BIAS or BGRADB)
 
 cuBLASLt is column-major: a row-major ``[R, C]`` tensor is a column-major ``C x R`` matrix with
 leading dimension ``C``. So ``out^T (N x M) = op(W) x^T`` with ``A = W`` (stored ``K x N``,
@@ -23,10 +25,10 @@ Requirements (checked, ``ValueError`` otherwise): CUDA tensors of one device; ``
 ``weight`` and ``pre`` of one dtype (bfloat16 or float16); ``K``, ``N`` and ``N2`` (every leading
 dimension) multiples of 8. Inputs are made contiguous, and copied where their data pointer is not
 16-byte aligned (a view at an odd offset); outputs are allocated here. ``bias`` may have the
-output's dtype or float32 and ``dbias`` may be asked for in float32, where cuBLASLt's heuristic has
-an algorithm for that combination, otherwise a ``RuntimeError`` says so: cuBLAS 13.1 has none for
-bfloat16 matrices (``CUBLAS_STATUS_INVALID_VALUE``), so under autocast the bias is cast to
-bfloat16 first, as ``F.linear`` does.
+output's dtype or float32, where cuBLASLt's heuristic has an algorithm for that combination,
+otherwise a ``RuntimeError`` says so: cuBLAS 13.1 has none for bfloat16 matrices
+(``CUBLAS_STATUS_INVALID_VALUE``), so under autocast the bias is cast to bfloat16 first, as
+``F.linear`` does.
 
 Per device: one cuBLASLt handle and one workspace (a torch uint8 tensor, ``WORKSPACE_BYTES``),
 made on first use. Per ``(device, epilogue, shapes, dtypes, pointer alignment)``: a cached plan
@@ -37,15 +39,15 @@ first alone for a plan first needed during CUDA-graph capture). Autotuning took 
 GELU_AUX_BIAS GEMM from 296 to 284 us and the DGELU one from 290 to 260 us (H100); which
 algorithm wins may differ between processes (rounding may then differ in the last bit).
 
-``AUTOTUNE = "graph"`` (the default) draws the candidates from two heuristic queries, with the
-workspace and with none, and times each inside a CUDA graph, after a small kernel, as the
-training step runs them (``train.cuda_graph``). The reason: on an H100 (cuBLAS 13.1) most of the
-heuristic's Hopper algorithms for SiT's GEMMs ask for 4 bytes of workspace, which cuBLASLt zeroes
-with a ``cudaMemsetAsync`` before every launch; inside a CUDA graph that memset node costs about
-5 us of idle GPU around it (about 290 of them in a SiT-XL/2 step, ~1.4 ms), while the
-workspace-free variants of the same kernels (``ssched``: a static tile schedule) run as fast.
-Timing with CUDA events on a stream (``AUTOTUNE = "eager"``, the workspace query alone, the
-earlier behaviour) does not see that cost.
+The candidates come from two heuristic queries, with the workspace and with none, and each is
+timed inside a CUDA graph, after a small kernel, as the training step runs them
+(``train.cuda_graph``). The reason: on an H100 (cuBLAS 13.1) most of the heuristic's Hopper
+algorithms for SiT's GEMMs ask for 4 bytes of workspace, which cuBLASLt zeroes with a
+``cudaMemsetAsync`` before every launch; inside a CUDA graph that memset node costs about 5 us of
+idle GPU around it (about 290 of them in a SiT-XL/2 step, ~1.4 ms), while the workspace-free
+variants of the same kernels (``ssched``: a static tile schedule) run as fast. Timing with CUDA
+events on a stream, among the workspace query's algorithms alone (the earlier autotuner), does not
+see that cost: the step measured 0.6 ms of gaps more with it (docs/results/image.md, eighth session).
 Every call runs on ``torch.cuda.current_stream()``, so the primitives work inside CUDA-graph
 capture (make the plan and workspace in a warm-up call first) and in ``torch.compile``'d code (as
 opaque custom ops). The one workspace per device assumes one stream at a time uses these
@@ -72,24 +74,15 @@ __all__ = [
 ]
 
 WORKSPACE_BYTES = 32 * 1024 * 1024  # as Transformer Engine gives cuBLASLt on Hopper
-# a new plan times the heuristic's first this many algorithms on its first call and keeps the
-# fastest (1: the heuristic's first, untimed; so is every plan made during CUDA-graph capture)
+# a new plan times the heuristic's first this many algorithms of each query (with the workspace
+# and without one) on its first call and keeps the fastest; every plan made during CUDA-graph
+# capture takes the heuristic's first, untimed. 32 measured no faster (ninth session)
 AUTOTUNE_CANDIDATES = 8
-# how a new plan's candidates are found and timed: "graph" (the heuristic's first
-# AUTOTUNE_CANDIDATES with the workspace and as many without one, each timed inside a CUDA graph
-# after a small kernel, so that a workspace memset's latency counts) or "eager" (with the
-# workspace only, timed with CUDA events on the stream); see the module docstring
-AUTOTUNE = "graph"
-AUTOTUNE_METHODS = ("graph", "eager")
-# "graph" autotuning: microseconds added to the time of a candidate that needs a workspace (so a
-# memset node before each launch). In SiT-XL/2's step profile (H100) each memset node left 3.5-7 us
-# of idle GPU around it, more than the autotuning graph (one GEMM shape, back to back) showed: that
-# kept picking memset variants of the qkv and fc2 forward GEMMs over workspace-free ones within 1-3 us
+# microseconds added to the time of a candidate that needs a workspace (so a memset node before
+# each launch). In SiT-XL/2's step profile (H100) each memset node left 3.5-7 us of idle GPU
+# around it, more than the autotuning graph (one GEMM shape, back to back) showed: that kept
+# picking memset variants of the qkv and fc2 forward GEMMs over workspace-free ones within 1-3 us
 MEMSET_PENALTY_US = 4.0
-# how matmul_dgelu_bgrad forms dbias: "epilogue" (CUBLASLT_EPILOGUE_DGELU_BGRAD), or "sum" / "gemv"
-# (CUBLASLT_EPILOGUE_DGELU, then dpre.sum(0) / dpre^T 1 by PyTorch); see matmul_dgelu_bgrad
-BIAS_GRAD = "gemv"
-BIAS_GRAD_METHODS = ("epilogue", "sum", "gemv")
 
 # ---- enum values, from cublasLt.h / cublas_api.h / library_types.h (CUDA 13)
 _CUBLAS_STATUS_SUCCESS = 0
@@ -113,7 +106,6 @@ EPILOGUE_DEFAULT = 1
 EPILOGUE_BIAS = 4
 EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4
 EPILOGUE_DGELU = 64 | 128
-EPILOGUE_DGELU_BGRAD = 64 | 128 | 16
 EPILOGUE_BGRADA = 256
 EPILOGUE_BGRADB = 512
 
@@ -271,15 +263,9 @@ def _handle(device_index: int) -> ctypes.c_void_p:
     return handle
 
 
-_workspaces: dict[int, torch.Tensor] = {}
-
-
+@functools.cache
 def _workspace(device_index: int) -> torch.Tensor:
-    if device_index not in _workspaces:
-        _workspaces[device_index] = torch.empty(
-            WORKSPACE_BYTES, dtype=torch.uint8, device=torch.device("cuda", device_index)
-        )
-    return _workspaces[device_index]
+    return torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=torch.device("cuda", device_index))
 
 
 @dataclass(frozen=True)
@@ -317,6 +303,8 @@ class _Plan:
     lock: threading.Lock = field(default_factory=threading.Lock)  # pointers are set per call
 
 
+# the process's plan cache: (device, spec, alignment) -> plan (autotuned on first use, or installed
+# from a plan file by cublaslt_plans.load_plans)
 _plans: dict[tuple, _Plan] = {}
 _plans_lock = threading.Lock()
 
@@ -439,51 +427,23 @@ def _plan(device_index: int, spec: _Spec, align: int, launch) -> _Plan:
         with _plans_lock:
             plan = _plans.get(key)
             if plan is None:
-                if AUTOTUNE not in AUTOTUNE_METHODS:
-                    raise ValueError(f"cublaslt.AUTOTUNE must be one of {AUTOTUNE_METHODS}, got {AUTOTUNE!r}")
                 capturing = torch.cuda.is_current_stream_capturing()
-                requested = 1 if capturing else max(1, AUTOTUNE_CANDIDATES)
+                requested = 1 if capturing else AUTOTUNE_CANDIDATES
                 candidates = _candidates(device_index, spec, align, requested)
-                if AUTOTUNE == "graph" and not capturing:
+                if not capturing:
                     # the same algorithms may come back: launched without a workspace they are
                     # other kernels (their static-schedule variants, no memset)
                     try:
                         candidates += _candidates(device_index, spec, align, requested, max_workspace=0)
-                    except RuntimeError:  # e.g. DGELU_BGRAD: CUBLAS_STATUS_NOT_SUPPORTED without one
+                    except RuntimeError:  # an epilogue without workspace-free algorithms
                         pass
                 if not candidates:
                     raise RuntimeError(
                         f"cuBLASLt: the heuristic found no algorithm for {spec} (align {align})"
                     )
-                if len(candidates) == 1:
-                    plan = candidates[0]
-                elif AUTOTUNE == "graph":
-                    plan = _fastest_in_graph(candidates, launch)
-                else:
-                    plan = _fastest(candidates, launch)
+                plan = candidates[0] if len(candidates) == 1 else _fastest_in_graph(candidates, launch)
                 _plans[key] = plan
     return plan
-
-
-def _fastest(candidates: list[_Plan], launch, reps: int = 3) -> _Plan:
-    """The candidate with the least time over ``reps`` launches after one warm-up (CUDA events);
-    one that fails to launch is left out (the first is kept if all do)."""
-    timed = []
-    for plan in candidates:
-        try:
-            launch(plan)
-        except RuntimeError:
-            continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            launch(plan)
-        end.record()
-        timed.append((plan, start, end))
-    if not timed:
-        return candidates[0]
-    timed[-1][2].synchronize()
-    return min(timed, key=lambda t: t[1].elapsed_time(t[2]))[0]
 
 
 def _fastest_in_graph(candidates: list[_Plan], launch, reps: int = 8, replays: int = 5) -> _Plan:
@@ -653,34 +613,21 @@ def linear_gelu_aux(
 
 
 def matmul_dgelu_bgrad(
-    dout: torch.Tensor,
-    weight: torch.Tensor,
-    pre: torch.Tensor,
-    dbias_dtype: torch.dtype | None = None,
-    bias_grad: str | None = None,
+    dout: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor, dbias_dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dpre, dbias)``: ``dpre = (dout W) * gelu_tanh'(pre)``, ``dbias`` = its column sums.
 
     ``dout [M, N2]``, ``weight [N2, N]``, ``pre [M, N]`` of one dtype (bfloat16/float16). ``dpre``
     ``[M, N]`` has that dtype; ``dbias [N]`` has ``dbias_dtype`` (default: the same dtype).
 
-    ``bias_grad`` (default ``BIAS_GRAD``): ``"none"`` returns ``dbias = None`` (the caller sums
-    ``dpre`` elsewhere, e.g. in the epilogue of the ``dW = dpre^T x`` GEMM, :func:`matmul`);
-    ``"epilogue"`` has cuBLASLt's DGELU_BGRAD epilogue sum
-    ``dbias`` from the unrounded ``dpre`` (float32 ``dbias`` only where cuBLASLt has an algorithm
-    for it: cuBLAS 13.1 has none); ``"sum"`` and ``"gemv"`` run the DGELU epilogue and sum the
-    rounded ``dpre`` afterwards, by ``dpre.sum(0)`` or as ``dpre^T 1`` (a matrix-vector product),
-    with float32 accumulation. On an H100 with cuBLAS 13.1, DGELU_BGRAD is no fused kernel: a plain
-    GEMM and then a separate epilogue kernel of 0.61 ms for SiT-XL/2's [16384, 4608] (the whole
-    MLP forward + backward: 2.4 ms of kernels), while the DGELU epilogue runs inside the GEMM
-    (+50 us over the plain GEMM); the sum then takes 70 us (``"sum"``) or 60 us (``"gemv"``, a
-    split-K cuBLAS kernel), hence the default.
+    ``dpre`` comes from one cuBLASLt matmul with the DGELU epilogue; ``dbias`` sums the rounded
+    ``dpre`` afterwards as ``dpre^T 1`` (a matrix-vector product, float32 accumulation). On an
+    H100 with cuBLAS 13.1 the DGELU_BGRAD epilogue, which would sum ``dbias`` in the GEMM, is no
+    fused kernel: a plain GEMM and then a separate epilogue kernel of 0.61 ms for SiT-XL/2's
+    [16384, 4608] (the whole MLP forward + backward: 2.4 ms of kernels), while the DGELU epilogue
+    runs inside the GEMM (+50 us over the plain GEMM); the sum then takes 60 us as a gemv (a
+    split-K cuBLAS kernel) and 70 us as ``dpre.sum(0)``.
     """
-    bias_grad = bias_grad or BIAS_GRAD
-    if bias_grad not in (*BIAS_GRAD_METHODS, "none"):
-        raise ValueError(
-            f"matmul_dgelu_bgrad: bias_grad must be one of {(*BIAS_GRAD_METHODS, 'none')}, got {bias_grad!r}"
-        )
     if dout.dim() != 2 or weight.dim() != 2 or pre.dim() != 2:
         raise ValueError(
             "matmul_dgelu_bgrad: expected dout [M, N2], weight [N2, N], pre [M, N], got "
@@ -703,36 +650,12 @@ def matmul_dgelu_bgrad(
         return dpre.zero_(), pre.new_zeros((N,), dtype=dbias_dtype)
     dout, weight, pre = _prepared(dout), _prepared(weight), _prepared(pre)
     index = dout.device.index
-    in_epilogue = bias_grad == "epilogue"
-    dbias = pre.new_empty((N,), dtype=dbias_dtype) if in_epilogue else None
-    spec = _Spec(
-        EPILOGUE_DGELU_BGRAD if in_epilogue else EPILOGUE_DGELU,
-        _CUBLAS_OP_N,
-        _CUBLAS_OP_N,
-        N,
-        M,
-        N2,
-        dtype,
-        dbias_dtype if in_epilogue else None,
-        True,
-    )
-    ptrs = (
-        weight.data_ptr(),
-        dout.data_ptr(),
-        dpre.data_ptr(),
-        dbias.data_ptr() if in_epilogue else None,
-        pre.data_ptr(),
-    )
+    spec = _Spec(EPILOGUE_DGELU, _CUBLAS_OP_N, _CUBLAS_OP_N, N, M, N2, dtype, None, True)
+    ptrs = (weight.data_ptr(), dout.data_ptr(), dpre.data_ptr(), None, pre.data_ptr())
     with torch.cuda.device(index):
-        aligned = (dout, weight, pre, dpre) + ((dbias,) if in_epilogue else ())
-        plan = _plan(index, spec, _alignment(*aligned), lambda p: _run(p, index, *ptrs))
+        plan = _plan(index, spec, _alignment(dout, weight, pre, dpre), lambda p: _run(p, index, *ptrs))
         _run(plan, index, *ptrs)
-        if bias_grad == "none":
-            dbias = None
-        elif bias_grad == "sum":
-            dbias = dpre.sum(dim=0) if dbias_dtype == dtype else dpre.sum(dim=0, dtype=dbias_dtype)
-        elif bias_grad == "gemv":
-            dbias = torch.mv(dpre.t(), dpre.new_ones((M,))).to(dbias_dtype)
+        dbias = torch.mv(dpre.t(), dpre.new_ones((M,))).to(dbias_dtype)
     return dpre, dbias
 
 

@@ -1,4 +1,4 @@
-"""``F.linear`` with every GEMM an autotuned cuBLASLt matmul (``models/cublaslt.py``), both ways.
+"""``F.linear`` with every GEMM an autotuned cuBLASLt matmul (``cublaslt.py``), both ways.
 
 For rows ``x [M, K]``, ``weight [N, K]`` and an optional ``bias [N]``:
 
@@ -9,13 +9,15 @@ For rows ``x [M, K]``, ``weight [N, K]`` and an optional ``bias [N]``:
 
 Under ``torch.compile`` PyTorch runs a Linear's GEMMs through cuBLAS with its heuristic's first
 algorithm; here each GEMM shape gets the fastest of the heuristic's first
-``cublaslt.AUTOTUNE_CANDIDATES``, timed on its first call (as ``fused_mlp`` does for the MLP). SiT
-runs its attention's qkv and proj Linears through this with ``model.fused_mlp``
-(``sit.CUBLASLT_ATTENTION_LINEARS``), and with ``fused_adaln`` too the chained blocks' adaLN
-Linears (``sit.CUBLASLT_ADALN_LINEARS``). Where the cuBLASLt path cannot run (CPU, float32, a dimension
-not a multiple of 8) the same ops compute with PyTorch's matmuls. Both directions are custom ops
-(``reed_image::cublaslt_linear_fwd/bwd``) tied with ``register_autograd``, opaque to
-``torch.compile`` and recorded by CUDA-graph capture (plans are made in the warm-up steps).
+``cublaslt.AUTOTUNE_CANDIDATES``, timed on its first call (as ``fused_mlp`` does for the MLP). The
+fused SiT (reed-image's ``FusedSiT``) runs its attention's qkv and proj Linears and its adaLN
+Linears through this: -0.3 to -0.5 ms a SiT-XL/2 step for the attention Linears (H100), and
+PyTorch's cuBLAS picks a weight-gradient kernel for the adaLN Linears that is preceded by a
+workspace memset (about 7 us of idle GPU a block inside the step's CUDA graph). Where the cuBLASLt
+path cannot run (CPU, float32, a dimension not a multiple of 8) the same ops compute with PyTorch's
+matmuls. Both directions are custom ops (``reed_kernels::cublaslt_linear_fwd/bwd``) tied with
+``register_autograd``, opaque to ``torch.compile`` and recorded by CUDA-graph capture (plans are
+made in the warm-up steps).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch.library import custom_op, register_autograd, register_fake
 
-from reed_image.models import cublaslt
-from reed_image.models.fused_mlp import _autocast, cublaslt_path_available
+from reed_kernels import cublaslt
+from reed_kernels.fused_mlp import _autocast, cublaslt_path_available
 
 __all__ = ["cublaslt_linear"]
 
@@ -34,7 +36,7 @@ def _cublaslt_runs(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return cublaslt_path_available(x, weight) and x.shape[0] % 8 == 0
 
 
-@custom_op("reed_image::cublaslt_linear_fwd", mutates_args=())
+@custom_op("reed_kernels::cublaslt_linear_fwd", mutates_args=())
 def _linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if _cublaslt_runs(x, weight):
         return cublaslt.matmul(x, weight.t(), bias=bias)[0]
@@ -42,12 +44,12 @@ def _linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
 
 
-@register_fake("reed_image::cublaslt_linear_fwd")
+@register_fake("reed_kernels::cublaslt_linear_fwd")
 def _linear_fwd_fake(x, weight, bias):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-@custom_op("reed_image::cublaslt_linear_bwd", mutates_args=())
+@custom_op("reed_kernels::cublaslt_linear_bwd", mutates_args=())
 def _linear_bwd(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_dbias: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,7 +67,7 @@ def _linear_bwd(
         return dy @ weight, dy.t() @ x, dbias
 
 
-@register_fake("reed_image::cublaslt_linear_bwd")
+@register_fake("reed_kernels::cublaslt_linear_bwd")
 def _linear_bwd_fake(dy, x, weight, need_dbias):
     return (
         x.new_empty(x.shape),
@@ -83,11 +85,11 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, dy):
     x, weight = ctx.saved_tensors
     need_dbias = ctx.has_bias and ctx.needs_input_grad[2]
-    dx, dweight, dbias = torch.ops.reed_image.cublaslt_linear_bwd(dy, x, weight, need_dbias)
+    dx, dweight, dbias = torch.ops.reed_kernels.cublaslt_linear_bwd(dy, x, weight, need_dbias)
     return dx, dweight, dbias if need_dbias else None
 
 
-register_autograd("reed_image::cublaslt_linear_fwd", _backward, setup_context=_setup_context)
+register_autograd("reed_kernels::cublaslt_linear_fwd", _backward, setup_context=_setup_context)
 
 
 def cublaslt_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,5 +108,5 @@ def cublaslt_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             f"cublaslt_linear: x [..., {weight.shape[1]}] and bias [{weight.shape[0]}] for weight "
             f"{tuple(weight.shape)}, got x {tuple(x.shape)}, bias {got_bias}"
         )
-    rows = torch.ops.reed_image.cublaslt_linear_fwd(x.reshape(-1, x.shape[-1]), weight, bias)
+    rows = torch.ops.reed_kernels.cublaslt_linear_fwd(x.reshape(-1, x.shape[-1]), weight, bias)
     return rows.view(*x.shape[:-1], weight.shape[0])

@@ -1,12 +1,12 @@
 """cuBLASLt plans kept in a file: the same GEMM algorithms in every process that loads it.
 
-Every cuBLASLt GEMM of ``models/cublaslt.py`` has a plan per (shape, epilogue, dtype, pointer
+Every cuBLASLt GEMM of ``cublaslt.py`` has a plan per (shape, epilogue, dtype, pointer
 alignment), autotuned on its first call by timing the heuristic's candidates. Which candidate
 wins differs from process to process where candidates are within a few percent of each other
 (SiT-XL/2 on an H100), and another algorithm may round the last bit differently. A plan file
 pins them: ``save_plans(path)`` writes every plan of a device as JSON (atomically), with the GPU's
 name and cuBLASLt's version; ``load_plans(path)`` installs them before the first call, so that a
-process that loads it first (a benchmark repeat, a resumed run: SiT's ``model.cublaslt_plans``)
+process that loads it first (a benchmark repeat, a resumed run: reed-image's ``model.cublaslt_plans``)
 runs those algorithms without autotuning. Each algorithm is checked by
 ``cublasLtMatmulAlgoCheck`` for its shape; a file from another GPU or cuBLASLt version, or with
 an algorithm cuBLASLt does not accept, ends in a ``ValueError`` naming the file and the entry.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from reed_image.models import cublaslt
+from reed_kernels import cublaslt
 
 __all__ = ["PLAN_FORMAT", "load_plans", "read_plan_file", "save_plans"]
 
@@ -145,7 +145,7 @@ def load_plans(path: str | os.PathLike, device: int | torch.device | None = None
         raise ValueError(
             f"cuBLASLt plan file {path}: saved on {document['device']!r} with cuBLASLt "
             f"{document['cublaslt_version']}, this is {name!r} with cuBLASLt {version}; save the plans "
-            "again on this machine (tools/bench_image.py --save-cublaslt-plans)"
+            "again on this machine (save_plans; e.g. tools/bench_image.py --save-cublaslt-plans)"
         )
     installed = {}
     for i, entry in enumerate(document["plans"]):

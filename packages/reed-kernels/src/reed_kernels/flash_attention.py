@@ -3,11 +3,11 @@
 For ``qkv [B, N, 3, H, d]`` (the qkv Linear's output viewed per head; ``q = qkv[:, :, 0]`` etc.)
 and ``s = 1 / sqrt(d)``, per batch element and head:
 
-Forward (``packed_attention``; ``reed_image::packed_attention_fwd``):
+Forward (``packed_attention``; ``reed_kernels::packed_attention_fwd``):
 
     S = s q k^T,   lse = logsumexp over keys of S,   P = exp(S - lse),   o = P v
 
-Backward from ``do`` (``reed_image::packed_attention_bwd``; saved: ``qkv``, ``o``, ``lse``):
+Backward from ``do`` (``reed_kernels::packed_attention_bwd``; saved: ``qkv``, ``o``, ``lse``):
 
     dv = P^T do,   dP = do v^T,   D = rowsum(do * o),   dS = P * (dP - D),
     dq = s dS k,   dk = s dS^T q
@@ -24,10 +24,12 @@ bias detached) the op also returns that bias's gradient, per head (``qkv_bias_gr
 
 (softmax ignores a key bias, which adds the same ``q . b_k`` to a whole row of scores; each row of
 ``P`` sums to 1, so ``sum_tokens dv = sum_tokens do``). On the GPU these sums come out of the
-backward's own pre- and postprocess passes (``models/attention_prepost.py``, Triton, in place of
-FlashAttention-4's), which read ``do`` and ``dq`` anyway; autograd's reduction of the whole
-``dqkv`` for the Linear's bias is gone. The key bias then gets an exact zero gradient, where the
-reduction gave it float rounding noise.
+backward's own pre- and postprocess passes (``attention_prepost.py``, Triton, in place of
+FlashAttention-4's: -0.6 to -0.8 ms a SiT-XL/2 step on an H100, docs/results/image.md), which read
+``do`` and ``dq`` anyway; autograd's reduction of the whole ``dqkv`` for the Linear's bias is gone.
+The key bias then gets an exact zero gradient, where the reduction gave it float rounding noise.
+Calls the Triton passes are not written for (tokens not a multiple of 64, other architectures)
+keep FlashAttention-4's own passes and the bias gradient by ``qkv_bias_grad_reference``.
 
 On CUDA with a compute capability of 9.x or above and bfloat16/float16 inputs the backward is
 FlashAttention-4's (``flash_attn.cute``, PyPI ``flash-attn-4``, CuTe DSL kernels compiled on first
@@ -35,9 +37,10 @@ use for each shape). It runs at the head dimension rounded up to 16 (SiT's 72 ->
 cuDNN's kernels run 72 in a 128-wide tile, and it accepts caller-made ``dq``/``dk``/``dv``, which
 is what lets it write the packed gradient: its private entry point ``_flash_attn_bwd`` is used
 for that (hence the exact version pin of the ``fa4`` extra). It needs only ``o`` and ``lse`` from
-the forward, so the forward is whichever kernel is faster there (``FORWARD``): at SiT-XL/2's
-shapes on an H100 that is cuDNN's (through PyTorch's ``_scaled_dot_product_cudnn_attention``,
-which returns ``lse`` too), else FlashAttention-4's ``_flash_attn_fwd``. Anywhere else (CPU,
+the forward, so the forward is whichever kernel is faster there: at SiT-XL/2's shapes on an H100
+that is cuDNN's (through PyTorch's ``_scaled_dot_product_cudnn_attention``, which returns ``lse``
+too): 89-93 us against 129-159 us for FlashAttention-4's own forward at its tiles. Its backward
+took 337 us against cuDNN's 370 us + 75 us of gradient stacking. Anywhere else (CPU,
 float32, older GPUs) the same ops run ``attention_reference``/``attention_backward_reference``
 (the equations above in float32), so the packed path is the same code with and without a Hopper
 GPU. Both ops are
@@ -47,7 +50,7 @@ keeps each as one opaque call, and CUDA-graph capture records the kernels.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
 import importlib.metadata
 import math
@@ -55,7 +58,7 @@ import math
 import torch
 from torch.library import custom_op, register_autograd, register_fake
 
-from reed_image.models.attention_prepost import (
+from reed_kernels.attention_prepost import (
     ROWS_PER_PARTIAL,
     attention_bwd_postprocess,
     attention_bwd_preprocess,
@@ -71,23 +74,7 @@ __all__ = [
     "qkv_bias_grad_reference",
 ]
 
-INSTALL_HINT = "pip install 'reed-image[fa4]' (PyPI flash-attn-4)"
-# the forward's kernel on the GPU: "cudnn" (PyTorch's cuDNN attention, which also returns the
-# log-sum-exp the FlashAttention-4 backward reads) or "fa4"; SiT-XL/2 on an H100 (B 64, N 256,
-# head dim 72): cuDNN's forward took 89-93 us, FlashAttention-4's 159 us (its 192 x 144 tile) or about
-# 129 us (128 x 128); its backward 337 us against cuDNN's 370 us + 75 us of gradient stacking
-FORWARD = "cudnn"
-# FlashAttention-4's forward tile (tile_m, tile_n, P@V from registers); None keeps its own choice
-# (192 x 144 for head dims 65-96 on Hopper); tools/bench_attention.py --fa4-forward-tiles times others
-FORWARD_TILE: tuple[int, int, bool] | None = (128, 128, True)
-# the backward's pre- and postprocess: "triton" (models/attention_prepost.py, which also form the
-# qkv bias gradient) where the configuration allows it, else (or with "fa4") FlashAttention-4's
-PREPOST = "triton"
-# FlashAttention-4's Hopper backward configuration: None keeps its own choice, else a dict of
-# flash_attn.cute.interface.BwdConfig fields changed in it (tools/bench_attention.py --fa4-backward-configs)
-BACKWARD_CONFIG: dict | None = None
-
-
+INSTALL_HINT = "pip install 'reed-kernels[fa4]' (PyPI flash-attn-4)"
 # the release the private entry points and the fix below are written against (extra ``fa4``)
 FLASH_ATTN_VERSION = "4.0.0b36"
 
@@ -103,11 +90,10 @@ def _flash_interface():
     installed = importlib.metadata.version("flash-attn-4")
     if installed != FLASH_ATTN_VERSION:
         raise ImportError(
-            f"model.attention='fa4' is written against flash-attn-4=={FLASH_ATTN_VERSION} (it calls "
+            f"packed_attention is written against flash-attn-4=={FLASH_ATTN_VERSION} (it calls "
             f"private entry points); found {installed}: {INSTALL_HINT}"
         )
     _fix_sm90_dq_accum_stride(interface)
-    _route_prepost(interface)
     return interface
 
 
@@ -128,19 +114,21 @@ def _fix_sm90_dq_accum_stride(interface) -> None:
 
     @functools.wraps(convert)
     def convert_with_kernel_stride(*args, hdim_multiple_of=32, **kwargs):
-        arch = args[5]
-        if arch // 10 == 9 and hdim_multiple_of == 32:  # 64 (dKV_swapAB) is the kernel's too
-            hdim_multiple_of = 16
-        if _triton_postprocess(*args, hdim_multiple_of=hdim_multiple_of, **kwargs):
-            return None
+        hdim_multiple_of = _kernel_hdim_multiple(args[5], hdim_multiple_of)
         return convert(*args, hdim_multiple_of=hdim_multiple_of, **kwargs)
 
     convert_with_kernel_stride.reed_fixed = True
     interface._bwd_postprocess_convert = convert_with_kernel_stride
 
 
+def _kernel_hdim_multiple(arch: int, hdim_multiple_of: int) -> int:
+    """The row rounding of the dq accumulator the SM90 kernel writes (``_fix_sm90_dq_accum_stride``):
+    16 where ``_flash_attn_bwd`` says 32 on SM 9.x (64, for dKV_swapAB, is the kernel's too)."""
+    return 16 if arch // 10 == 9 and hdim_multiple_of == 32 else hdim_multiple_of
+
+
 class _BackwardPass:
-    """What one ``packed_attention_bwd`` call hands the routed pre/postprocess: its ``dq`` view,
+    """One ``packed_attention_bwd`` call's state for the routed pre/postprocess: its ``dq`` view,
     the ``colsum`` partial sums (``attention_prepost``), and which of the two ran in Triton."""
 
     def __init__(self, dq: torch.Tensor, colsum: torch.Tensor):
@@ -150,33 +138,31 @@ class _BackwardPass:
         self.postprocessed = False
 
 
-_ACTIVE_PASS: _BackwardPass | None = None  # set only while _flash_attn_bwd runs for packed_attention
-
-
-def _route_prepost(interface) -> None:
-    """Send FlashAttention-4's backward preprocess (and, through ``_fix_sm90_dq_accum_stride``'s
-    wrapper, its dq postprocess) to ``attention_prepost`` while a packed backward runs and the
-    call is one those kernels are written for; every other call goes to FlashAttention-4's own."""
-    preprocess = interface._bwd_preprocess
-    if getattr(preprocess, "reed_routed", False):
-        return
+@contextlib.contextmanager
+def _routed_prepost(interface, job: _BackwardPass):
+    """While one packed backward runs ``_flash_attn_bwd``: its preprocess and dq postprocess go to
+    ``attention_prepost`` (with ``job``'s buffers) where the call is one those kernels are written
+    for; every other call goes to FlashAttention-4's own. The interface's functions are put back
+    afterwards. (``_flash_attn_bwd`` finds both as globals of its module, so they are swapped there
+    for the call: the job reaches them by closure, not through state of this module.)"""
+    preprocess, postprocess = interface._bwd_preprocess, interface._bwd_postprocess_convert
 
     @functools.wraps(preprocess)
     def routed_preprocess(*args, **kwargs):
-        if not _triton_preprocess(*args, **kwargs):
+        if not _triton_preprocess(job, *args, **kwargs):
             preprocess(*args, **kwargs)
 
-    routed_preprocess.reed_routed = True
-    interface._bwd_preprocess = routed_preprocess
+    @functools.wraps(postprocess)
+    def routed_postprocess(*args, hdim_multiple_of=32, **kwargs):
+        hdim_multiple_of = _kernel_hdim_multiple(args[5], hdim_multiple_of)
+        if not _triton_postprocess(job, *args, hdim_multiple_of=hdim_multiple_of, **kwargs):
+            postprocess(*args, hdim_multiple_of=hdim_multiple_of, **kwargs)
 
-    tile_size = interface._tile_size_bwd_sm90
-
-    @functools.wraps(tile_size)
-    def configured_tile_size(*args, **kwargs):
-        config = tile_size(*args, **kwargs)
-        return config if BACKWARD_CONFIG is None else dataclasses.replace(config, **BACKWARD_CONFIG)
-
-    interface._tile_size_bwd_sm90 = configured_tile_size
+    interface._bwd_preprocess, interface._bwd_postprocess_convert = routed_preprocess, routed_postprocess
+    try:
+        yield
+    finally:
+        interface._bwd_preprocess, interface._bwd_postprocess_convert = preprocess, postprocess
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -184,6 +170,7 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def _triton_preprocess(
+    job: _BackwardPass,
     out,
     dout,
     dpsum,
@@ -206,9 +193,8 @@ def _triton_preprocess(
 
     Only the plain case (no varlen, dlse, sinks, packed GQA; head dims alike, up to 128, where the
     Hopper kernel rounds its accumulator rows to 16), on a Hopper GPU (other architectures lay the
-    accumulator out differently), and only for a packed backward's own call."""
-    job = _ACTIVE_PASS
-    if job is None or PREPOST != "triton" or fake_mode or args:
+    accumulator out differently)."""
+    if fake_mode or args:
         return False
     if not out.is_cuda or torch.cuda.get_device_capability(out.device)[0] != 9:
         return False
@@ -238,6 +224,7 @@ def _triton_preprocess(
 
 
 def _triton_postprocess(
+    job: _BackwardPass,
     accum,
     output,
     scale,
@@ -262,9 +249,8 @@ def _triton_postprocess(
     """Run ``attention_bwd_postprocess`` for this dq postprocess call if it can; True if it ran.
 
     The accumulator layout it reads is the SM90 one of warpgroups that each own 64 rows of the
-    tile (no dQ_swapAB); the call must be the packed backward's own dq."""
-    job = _ACTIVE_PASS
-    if job is None or PREPOST != "triton" or fake_mode or not output.is_cuda:
+    tile (no dQ_swapAB); the call must be for ``job``'s own dq."""
+    if fake_mode or not output.is_cuda:
         return False
     if output.data_ptr() != job.dq.data_ptr():
         return False
@@ -301,7 +287,7 @@ def _use_flash(qkv: torch.Tensor) -> bool:
         return False
     if not flash_attention_available(qkv.device):
         raise RuntimeError(
-            "model.attention='fa4' on CUDA needs a GPU of compute capability 9.0 or above and "
+            "packed_attention on CUDA needs a GPU of compute capability 9.0 or above and "
             f"FlashAttention-4: {INSTALL_HINT}"
         )
     return qkv.dtype in (torch.bfloat16, torch.float16) and qkv.shape[-1] % 8 == 0
@@ -357,23 +343,17 @@ def _cudnn_forward(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out.transpose(1, 2).contiguous(), lse.reshape(batch, heads, tokens).contiguous()
 
 
-@custom_op("reed_image::packed_attention_fwd", mutates_args=())
+@custom_op("reed_kernels::packed_attention_fwd", mutates_args=())
 def _packed_attention_fwd(
     qkv: torch.Tensor, bias: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o, lse)``; ``bias`` is only an input for its gradient (``qkv`` already holds it)."""
     if not _use_flash(qkv):
         return attention_reference(qkv)
-    if FORWARD == "cudnn":
-        return _cudnn_forward(qkv)
-    tile = {} if FORWARD_TILE is None else {"tile_mn": FORWARD_TILE[:2], "mma_pv_is_rs": FORWARD_TILE[2]}
-    out, lse, *_ = _flash_interface()._flash_attn_fwd(
-        qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=False, return_lse=True, **tile
-    )
-    return out, lse
+    return _cudnn_forward(qkv)
 
 
-@register_fake("reed_image::packed_attention_fwd")
+@register_fake("reed_kernels::packed_attention_fwd")
 def _packed_attention_fwd_fake(qkv, bias=None):
     batch, tokens, _, heads, head_dim = qkv.shape
     out = qkv.new_empty(batch, tokens, heads, head_dim)
@@ -381,7 +361,7 @@ def _packed_attention_fwd_fake(qkv, bias=None):
     return out, lse
 
 
-@custom_op("reed_image::packed_attention_bwd", mutates_args=())
+@custom_op("reed_kernels::packed_attention_bwd", mutates_args=())
 def _packed_attention_bwd(
     dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, bias_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -396,14 +376,15 @@ def _packed_attention_bwd(
             else dout.new_empty(0, dtype=torch.float32)
         )
         return dqkv, dbias
-    global _ACTIVE_PASS
     dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+    interface = _flash_interface()
     job = None
-    if PREPOST == "triton" and tokens % ROWS_PER_PARTIAL == 0:
+    routing = contextlib.nullcontext()
+    if tokens % ROWS_PER_PARTIAL == 0:
         job = _BackwardPass(dqkv[:, :, 0], colsum_buffer(batch, tokens, heads, head_dim, qkv.device))
-    _ACTIVE_PASS = job
-    try:
-        _flash_interface()._flash_attn_bwd(
+        routing = _routed_prepost(interface, job)
+    with routing:
+        interface._flash_attn_bwd(
             qkv[:, :, 0],
             qkv[:, :, 1],
             qkv[:, :, 2],
@@ -415,8 +396,6 @@ def _packed_attention_bwd(
             dk=dqkv[:, :, 1],
             dv=dqkv[:, :, 2],
         )
-    finally:
-        _ACTIVE_PASS = None
     if not bias_grad:
         return dqkv, dout.new_empty(0, dtype=torch.float32)
     if job is not None and job.preprocessed and job.postprocessed:
@@ -424,7 +403,7 @@ def _packed_attention_bwd(
     return dqkv, qkv_bias_grad_reference(dqkv[:, :, 0], dout)
 
 
-@register_fake("reed_image::packed_attention_bwd")
+@register_fake("reed_kernels::packed_attention_bwd")
 def _packed_attention_bwd_fake(dout, qkv, out, lse, bias_grad=False):
     dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
     width = 3 * qkv.shape[3] * qkv.shape[4] if bias_grad else 0
@@ -449,7 +428,7 @@ def _backward(ctx, dout, _dlse):
     return dqkv, dbias.to(dtype).reshape(shape)
 
 
-register_autograd("reed_image::packed_attention_fwd", _backward, setup_context=_setup_context)
+register_autograd("reed_kernels::packed_attention_fwd", _backward, setup_context=_setup_context)
 
 
 def packed_attention(qkv: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,7 +28,9 @@ Traffic: the forward reads ``x`` and ``branch`` once and writes ``x_out`` and ``
 ``mean``/``rstd``, 8 bytes a token). The backward reads ``x_out``, ``dh``, ``dx_out`` and
 ``branch`` once and writes ``dx`` and ``dbranch`` once; each program takes a tile of tokens of
 one sample and writes float32 partial sums of ``dgate``/``dshift``/``dscale`` for that tile, which a
-small ``[B, tiles, D] -> [B, D]`` sum finishes (deterministic; no atomics).
+small ``[B, tiles, D] -> [B, D]`` torch sum finishes (deterministic; no atomics; about 20 us a call
+at SiT-XL/2 on an H100 with its launch gaps: one Triton kernel for all of them measured slower,
+docs/results/image.md, eighth session).
 
 For B = 64, N = 256, D = 1152 (float32 x, bfloat16 branch/gate/shift/scale/h/dh) that is 12 bytes
 an element forward (226 MB) and 18 backward (340 MB, plus about 7 MB of partial sums). Kernel
@@ -36,21 +38,21 @@ times measured on one H100 (a plain copy: 3.0 TB/s): forward 78 us (2.9 TB/s), b
 (2.8 TB/s) plus 9-16 us for the partial sums and casts; inductor's kernels for the unfused chain
 took 91 us forward and 192 us backward (three reduction kernels).
 
-Both directions are ``torch.library.triton_op`` custom ops (``reed_image::add_norm_modulate_fwd``
-and ``reed_image::add_norm_modulate_bwd``) tied together with ``register_autograd``:
+Both directions are ``torch.library.triton_op`` custom ops (``reed_kernels::add_norm_modulate_fwd``
+and ``reed_kernels::add_norm_modulate_bwd``) tied together with ``register_autograd``:
 ``torch.compile`` sees through them to the Triton kernels, and autocast passes their inputs
 through untouched. ``add_norm_modulate`` falls back to ``add_norm_modulate_reference`` (plain
 PyTorch, the test oracle) when the tensors are not on CUDA or Triton is missing; with
 ``TRITON_INTERPRET=1`` set before Triton is imported, the kernels also run on CPU tensors through
-Triton's interpreter (that is how the tests exercise them without a GPU).
+Triton's interpreter (that is how the tests exercise them without a GPU). Both ops take an
+optional launch ``config`` (``benchmarks/bench_adaln.py`` times others); None is the measured default.
 """
 
 import torch
 from torch.library import register_autograd, triton_op, wrap_triton
 
-from reed_image.models._triton_util import (
+from reed_kernels._triton_util import (
     TRITON_INTERPRET,
-    column_sum,
     interpreter_kernel,
     multiprocessor_count,
     triton_path_available,
@@ -65,14 +67,7 @@ except ImportError:  # pragma: no cover - Triton ships with CUDA builds of PyTor
 __all__ = ["add_norm_modulate", "add_norm_modulate_reference", "triton_path_available"]
 
 # float32 partial sums of the backward: aim for this many programs per SM (B * tiles in all)
-_BWD_PROGRAMS_PER_SM = 2
-# how the backward's partial sums are finished: "torch" (a .sum() each, which inductor runs as 4-5
-# small kernels a call, about 20 us with their launch gaps at SiT-XL/2 on an H100) or "kernel" (one
-# Triton launch for dgate, dshift, dscale and dbias). The kernel's first version took 45 us a call
-# in the step's profile (its dbias sum: 9 programs of 16 sequential loop steps); the current one
-# (72 programs of 4 steps for dbias, started first) is tested (interpreter) but was not timed on a
-# GPU, so "torch" stays the default (tools/bench_image.py --adaln-partial-sums kernel)
-FINISH_PARTIAL_SUMS = "torch"
+BWD_PROGRAMS_PER_SM = 2
 
 
 def add_norm_modulate_reference(
@@ -136,7 +131,7 @@ def add_norm_modulate(
     out_dtype = out_dtype or (branch.dtype if branch is not None else x.dtype)
     if not triton_path_available(x):
         return add_norm_modulate_reference(x, branch, gate, shift, scale, eps, out_dtype, bias)
-    x_out, h, _, _ = torch.ops.reed_image.add_norm_modulate_fwd(
+    x_out, h, _, _ = torch.ops.reed_kernels.add_norm_modulate_fwd(
         x, branch, gate, shift, scale, float(eps), out_dtype, bias
     )
     return (x if branch is None else x_out), h
@@ -186,7 +181,7 @@ def _fwd_config(dim: int, itemsize: int) -> tuple[int, int, int]:
     4 warps (16 float32 a thread); on an H100 that ran at 2.8 TB/s of the 3.0 a plain copy
     reaches (8 and 16 warps, or 2 and 4 rows, were slower). A bfloat16 one (``itemsize`` 2, SiT's
     ``residual_dtype="autocast"``): 4 rows, 8 warps, 59 us against 63.5 for the float32 choice
-    (tools/bench_adaln.py, H100; 1-8 warps and 1-4 rows spanned 59-72 us). Narrow rows are packed
+    (benchmarks/bench_adaln.py, H100; 1-8 warps and 1-4 rows spanned 59-72 us). Narrow rows are packed
     a few per program so a program still holds about as many elements.
     """
     block_d = triton.next_power_of_2(dim)
@@ -204,7 +199,7 @@ def _bwd_config(dim: int, itemsize: int) -> tuple[int, int, int, int]:
     D = 1152, float32 residual stream: one row a step, 8 warps, 3 pipeline stages: 2.8 TB/s on an
     H100 (without the pipelining 1.8 TB/s); 4 or 16 warps and 2 or 4 rows a step were within a
     few percent. bfloat16 residual stream: one row, 4 warps, 4 stages, 113 us against 119 for the
-    float32 choice (tools/bench_adaln.py, H100; the 24 configurations timed spanned 113-121 us).
+    float32 choice (benchmarks/bench_adaln.py, H100; the 24 configurations timed spanned 113-121 us).
     """
     block_d = triton.next_power_of_2(dim)
     rows = max(1, min(16, 2048 // block_d))
@@ -377,60 +372,8 @@ if triton is not None:
         tl.store(dshift_partial_ptr + partial_offsets, dshift_sum, mask=col_mask)
         tl.store(dscale_partial_ptr + partial_offsets, dscale_sum, mask=col_mask)
 
-    @triton.jit
-    def _finish_partial_sums_kernel(
-        dgate_partial_ptr,
-        dshift_partial_ptr,
-        dscale_partial_ptr,
-        dbias_partial_ptr,
-        dgate_ptr,
-        dshift_ptr,
-        dscale_ptr,
-        dbias_ptr,
-        num_tiles,
-        dim,
-        NEED_DGATE: tl.constexpr,
-        DBIAS_ROWS: tl.constexpr,
-        DBIAS_PROGRAMS: tl.constexpr,
-        DBIAS_BLOCK_D: tl.constexpr,
-        BLOCK_ROWS: tl.constexpr,
-        BLOCK_TILES: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-    ):
-        """The backward's float32 partial sums ``[B, tiles, D]`` finished in one launch. The first
-        ``DBIAS_PROGRAMS`` programs (0 without a bias) sum all ``DBIAS_ROWS = B * tiles`` rows for
-        ``DBIAS_BLOCK_D`` columns of dbias each (narrow column blocks: many programs, few loop
-        steps; they are the longest, so they start first); each of the rest sums one sample's tiles
-        for ``BLOCK_D`` columns of dshift/dscale (and dgate)."""
-        pid = tl.program_id(0)
-        if pid < DBIAS_PROGRAMS:
-            # (own names: Triton wants a variable that both branches assign to keep its shape)
-            bias_cols = pid * DBIAS_BLOCK_D + tl.arange(0, DBIAS_BLOCK_D)
-            bias_mask = bias_cols < dim
-            acc = column_sum(
-                dbias_partial_ptr, bias_cols, bias_mask, dim, DBIAS_ROWS, BLOCK_ROWS, DBIAS_BLOCK_D
-            )
-            tl.store(dbias_ptr + bias_cols, acc, mask=bias_mask)
-        else:
-            pid -= DBIAS_PROGRAMS
-            column_blocks = tl.cdiv(dim, BLOCK_D)
-            sample = pid // column_blocks
-            cols = (pid % column_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-            col_mask = cols < dim
-            tiles = tl.arange(0, BLOCK_TILES)
-            mask = (tiles < num_tiles)[:, None] & col_mask[None, :]
-            offsets = (sample * num_tiles + tiles)[:, None] * dim + cols[None, :]
-            out = sample * dim + cols
-            dshift = tl.sum(tl.load(dshift_partial_ptr + offsets, mask=mask, other=0.0), axis=0)
-            tl.store(dshift_ptr + out, dshift, mask=col_mask)
-            dscale = tl.sum(tl.load(dscale_partial_ptr + offsets, mask=mask, other=0.0), axis=0)
-            tl.store(dscale_ptr + out, dscale, mask=col_mask)
-            if NEED_DGATE:
-                dgate = tl.sum(tl.load(dgate_partial_ptr + offsets, mask=mask, other=0.0), axis=0)
-                tl.store(dgate_ptr + out, dgate, mask=col_mask)
 
-
-@triton_op("reed_image::add_norm_modulate_fwd", mutates_args=())
+@triton_op("reed_kernels::add_norm_modulate_fwd", mutates_args=())
 def _add_norm_modulate_fwd(
     x: torch.Tensor,
     branch: torch.Tensor | None,
@@ -440,10 +383,12 @@ def _add_norm_modulate_fwd(
     eps: float,
     out_dtype: torch.dtype,
     bias: torch.Tensor | None = None,
+    config: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_out, h, mean, rstd)``; ``x_out`` is an empty tensor when ``branch`` is None (it is ``x``).
 
-    ``mean``/``rstd`` are float32 ``[B, N]``, kept for the backward.
+    ``mean``/``rstd`` are float32 ``[B, N]``, kept for the backward. ``config``: ``[rows per
+    program, warps]`` in place of ``_fwd_config``'s (benchmarks).
     """
     has_branch = branch is not None
     batch, tokens, dim = branch.shape if has_branch else x.shape
@@ -466,6 +411,8 @@ def _add_norm_modulate_fwd(
     if num_rows == 0:
         return x_out, h, mean, rstd
     block_d, rows, num_warps = _fwd_config(dim, x.element_size())
+    if config is not None:
+        rows, num_warps = config
     if TRITON_INTERPRET:  # wrap_triton refuses the interpreter's kernels
         kernel = interpreter_kernel(_add_norm_modulate_fwd_kernel, x, "add_norm_modulate")
     else:
@@ -499,7 +446,7 @@ def _add_norm_modulate_fwd(
     return x_out, h, mean, rstd
 
 
-@triton_op("reed_image::add_norm_modulate_bwd", mutates_args=())
+@triton_op("reed_kernels::add_norm_modulate_bwd", mutates_args=())
 def _add_norm_modulate_bwd(
     dx_out: torch.Tensor | None,
     dh: torch.Tensor,
@@ -514,9 +461,11 @@ def _add_norm_modulate_bwd(
     bias: torch.Tensor | None = None,
     need_dbias: bool = False,
     need_dx: bool = True,
+    config: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, dbranch, dgate, dshift, dscale, dbias)``; dgate/dshift/dscale float32 ``[B, D]``,
-    dbias float32 ``[D]``.
+    dbias float32 ``[D]``. ``config``: ``[rows per loop step, warps, pipeline stages, programs per
+    SM]`` in place of ``_bwd_config``'s and ``BWD_PROGRAMS_PER_SM`` (benchmarks).
 
     ``branch`` is passed only when ``dgate`` is wanted (else ``dgate`` is empty), and then
     ``bias`` too where the forward had one; ``dbranch`` is empty unless ``need_dbranch``, ``dbias``
@@ -539,10 +488,13 @@ def _add_norm_modulate_bwd(
     if has_bias:
         bias = bias.contiguous()
     block_d, rows, num_warps, num_stages = _bwd_config(dim, x_out.element_size())
+    programs_per_sm = BWD_PROGRAMS_PER_SM
+    if config is not None:
+        rows, num_warps, num_stages, programs_per_sm = config
 
-    # token tiles: about _BWD_PROGRAMS_PER_SM programs per SM in all, each tile a power of two of
+    # token tiles: about programs_per_sm programs per SM in all, each tile a power of two of
     # tokens (a constexpr: few kernel variants) and a multiple of the rows done at once
-    target_programs = _BWD_PROGRAMS_PER_SM * multiprocessor_count(x_out.device)
+    target_programs = programs_per_sm * multiprocessor_count(x_out.device)
     tokens_per_program = rows
     while (
         tokens_per_program < tokens and batch * triton.cdiv(tokens, 2 * tokens_per_program) >= target_programs
@@ -602,54 +554,15 @@ def _add_norm_modulate_bwd(
             dgate_partial.zero_()
         if need_dbias:
             dbias_partial.zero_()
-    if FINISH_PARTIAL_SUMS == "torch":
-        dgate = dgate_partial.sum(dim=1) if need_dgate else x_out.new_empty(0, dtype=torch.float32)
-        dbias = dbias_partial.sum(dim=(0, 1)) if need_dbias else x_out.new_empty(0, dtype=torch.float32)
-        dshift, dscale = dshift_partial.sum(dim=1), dscale_partial.sum(dim=1)
-        dbranch = dbranch if need_dbranch else x_out.new_empty(0, dtype=dbranch_dtype)
-        return dx, dbranch, dgate, dshift, dscale, dbias
-    # the partial sums finished by one more kernel (in place of a reduction kernel per output,
-    # each with its launch gap: 4-5 small kernels a call)
-    dgate = x_out.new_empty((batch, dim) if need_dgate else (0,), dtype=torch.float32)
-    dshift = x_out.new_empty((batch, dim), dtype=torch.float32)
-    dscale = x_out.new_empty((batch, dim), dtype=torch.float32)
-    dbias = x_out.new_empty((dim,) if need_dbias else (0,), dtype=torch.float32)
-    if batch * dim > 0:
-        if TRITON_INTERPRET:
-            finish = interpreter_kernel(_finish_partial_sums_kernel, x_out, "add_norm_modulate")
-        else:
-            finish = wrap_triton(_finish_partial_sums_kernel)
-        block_d = min(128, triton.next_power_of_2(dim))
-        dbias_block_d = min(16, triton.next_power_of_2(dim))
-        dbias_programs = triton.cdiv(dim, dbias_block_d) if need_dbias else 0
-        finish[(dbias_programs + batch * triton.cdiv(dim, block_d),)](
-            dgate_partial if need_dgate else dshift_partial,
-            dshift_partial,
-            dscale_partial,
-            dbias_partial if need_dbias else dshift_partial,
-            dgate if need_dgate else dshift,
-            dshift,
-            dscale,
-            dbias if need_dbias else dshift,
-            tiles,
-            dim,
-            NEED_DGATE=need_dgate,
-            DBIAS_ROWS=batch * tiles if need_dbias else 0,
-            DBIAS_PROGRAMS=dbias_programs,
-            DBIAS_BLOCK_D=dbias_block_d,
-            BLOCK_ROWS=128,
-            BLOCK_TILES=triton.next_power_of_2(tiles),
-            BLOCK_D=block_d,
-            num_warps=4,
-        )
-    elif need_dbias:
-        dbias.zero_()
+    dgate = dgate_partial.sum(dim=1) if need_dgate else x_out.new_empty(0, dtype=torch.float32)
+    dbias = dbias_partial.sum(dim=(0, 1)) if need_dbias else x_out.new_empty(0, dtype=torch.float32)
+    dshift, dscale = dshift_partial.sum(dim=1), dscale_partial.sum(dim=1)
     dbranch = dbranch if need_dbranch else x_out.new_empty(0, dtype=dbranch_dtype)
     return dx, dbranch, dgate, dshift, dscale, dbias
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, branch, gate, shift, scale, _eps, _out_dtype, bias = inputs
+    x, branch, gate, shift, scale, _eps, _out_dtype, bias, _config = inputs
     x_out, _h, mean, rstd = output
     has_branch = branch is not None
     # branch (and bias) only for dgate; x_out (or x itself without a branch) gives xhat with mean/rstd
@@ -670,7 +583,7 @@ def _backward(ctx, dx_out, dh, _dmean, _drstd):
         dx_out = None  # without a branch, x_out is x: its gradient reaches x directly
     if dh is None:
         dh = torch.zeros_like(residual)
-    dx, dbranch, dgate, dshift, dscale, dbias = torch.ops.reed_image.add_norm_modulate_bwd(
+    dx, dbranch, dgate, dshift, dscale, dbias = torch.ops.reed_kernels.add_norm_modulate_bwd(
         dx_out,
         dh,
         residual,
@@ -696,7 +609,8 @@ def _backward(ctx, dx_out, dh, _dmean, _drstd):
         None,
         None,
         dbias.to(bias.dtype) if needs_dbias else None,
+        None,
     )
 
 
-register_autograd("reed_image::add_norm_modulate_fwd", _backward, setup_context=_setup_context)
+register_autograd("reed_kernels::add_norm_modulate_fwd", _backward, setup_context=_setup_context)

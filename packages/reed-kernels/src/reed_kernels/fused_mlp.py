@@ -2,54 +2,55 @@
 
 For rows ``x [M, D]`` (leading dims flattened), ``W1 [F, D]``, ``b1 [F]``, ``W2 [D, F]``, ``b2 [D]``:
 
-Forward (``mlp_gelu``; ``reed_image::mlp_gelu_fwd``):
+Forward (``mlp_gelu``; ``reed_kernels::mlp_gelu_fwd``):
 
     pre = x W1^T + b1,   act = gelu_tanh(pre)      one GEMM, epilogue GELU_AUX_BIAS (pre: aux output)
     y   = act W2^T + b2                            addmm
 
     gelu_tanh(p) = 0.5 p (1 + tanh(k (p + c p^3))),     k = sqrt(2/pi), c = 0.044715
 
-Backward from ``dy [M, D]`` (``reed_image::mlp_gelu_bwd``; saved: ``x``, ``pre``, ``act``, as the
+Backward from ``dy [M, D]`` (``reed_kernels::mlp_gelu_bwd``; saved: ``x``, ``pre``, ``act``, as the
 unfused MLP keeps too):
 
     dW2  = dy^T act,    db2 = sum over rows of dy
-    dpre = (dy W2) * gelu_tanh'(pre)             one GEMM, epilogue DGELU (or DGELU_BGRAD, with db1)
-    db1  = sum over rows of dpre
+    dpre = (dy W2) * gelu_tanh'(pre)             one GEMM, epilogue DGELU
+    db1  = sum over rows of dpre                 a gemv, dpre^T 1
     dx   = dpre W1,     dW1 = dpre^T x
 
     gelu_tanh'(p) = 0.5 (1 + t) + 0.5 p (1 - t^2) k (1 + 3 c p^2),   t = tanh(k (p + c p^3))
 
 Traffic: the unfused MLP writes ``pre`` from fc1's GEMM, reads it back in the GELU kernel and writes
 ``act``; its backward writes ``dact = dy W2``, reads it and ``pre`` in the GELU backward to write
-``dpre``, and reads ``dpre`` again for ``db1`` (unless that sum is fused into the GELU backward, as
-``fused_gelu`` does). Here the forward GEMM writes ``act`` and ``pre`` from its epilogue, and the
-backward GEMM reads ``pre`` and writes ``dpre`` from its epilogue: no elementwise pass and no
-``dact`` at all; ``db1`` is one more read of ``dpre`` (cuBLASLt's DGELU_BGRAD epilogue, which would
-sum it in the GEMM, is a slow separate kernel on an H100: see ``cublaslt.matmul_dgelu_bgrad``). For
+``dpre``, and reads ``dpre`` again for ``db1`` (unless that sum is fused into the GELU backward).
+Here the forward GEMM writes ``act`` and ``pre`` from its epilogue, and the backward GEMM reads
+``pre`` and writes ``dpre`` from its epilogue: no elementwise pass and no ``dact`` at all; ``db1``
+is one more read of ``dpre`` (cuBLASLt's DGELU_BGRAD epilogue, which would sum it in the GEMM, is a
+slow separate kernel on an H100: see ``cublaslt.matmul_dgelu_bgrad``). For
 SiT-XL/2 (``M`` = 64 x 256 = 16384, ``F`` = 4608, bfloat16: 151 MB per ``[M, F]`` tensor) that is
 453 -> 302 MB forward and 755 (604 with a fused bias sum) -> 453 MB in the GELU part of the backward.
 
-Measured (H100, cuBLAS 13.1, ``tools/bench_mlp.py --profile``, bfloat16 autocast, x [64, 256, 1152]):
+Measured (H100, cuBLAS 13.1, ``benchmarks/bench_mlp.py --profile``, bfloat16 autocast, x [64, 256, 1152]):
 GPU kernel time of one forward + backward 1.88 ms with the op under ``torch.compile`` against
-2.03 ms for the compiled unfused MLP and 1.96 ms with ``fused_gelu`` (bfloat16 weights; float32
-weights: 1.93 / 2.08 / 2.06 ms, grad-accumulate adds of the profiled run included; ``db1`` by
-``dpre.sum(0)`` there, ``cublaslt.BIAS_GRAD = "gemv"`` takes 10 us less). The fused forward GEMM
+2.03 ms for the compiled unfused MLP and 1.96 ms with a Triton bias + GELU kernel (bfloat16 weights;
+float32 weights: 1.93 / 2.08 / 2.06 ms, grad-accumulate adds of the profiled run included; ``db1``
+by ``dpre.sum(0)`` there, the gemv takes 10 us less). The fused forward GEMM
 takes 284 us where the bias GEMM and the GELU took about 230 + 106 us; the DGELU GEMM about 280 us
 where the GEMM, the GELU backward and the bias sum took about 230 + 144 + 52 us. Per SiT-XL/2 step
 (28 blocks) that is about 4 ms less kernel time than the compiled MLP. The wall time of one
 isolated MLP step, synchronised after each (so each variant's host time before its first kernel
 counts), shows no clear gain: bfloat16 / float32 weights, the op 2.05 / 2.23 ms eager and
-2.11 / 2.41 ms compiled, the unfused MLP 2.08 / 2.14 eager and 2.12 / 2.27 compiled, ``fused_gelu``
-2.05 / 2.13 ms (run-to-run noise about 0.05 ms).
+2.11 / 2.41 ms compiled, the unfused MLP 2.08 / 2.14 eager and 2.12 / 2.27 compiled, the Triton
+bias + GELU kernel 2.05 / 2.13 ms (run-to-run noise about 0.05 ms).
 
 On CUDA with bfloat16/float16 tensors and ``D``, ``F`` multiples of 8, the two GEMMs with epilogues
-run through ``models/cublaslt.py`` (ctypes: PyTorch does not expose these epilogues). With
-``GEMMS = "cublaslt"`` (the default) and a row count that is a multiple of 8, so do the other four,
-autotuned (``cublaslt.matmul``): fc2's bias in its forward GEMM's epilogue, and the two bias
-gradients in the weight-gradient GEMMs' epilogues (BGRADB), in place of two separate reductions;
-MLP kernel time 1.71 ms compiled, against 1.79 ms with ``torch.mm``/``addmm`` for those four
-(``GEMMS = "torch"``; same H100, one process). fc1's bias gradient has since moved to a gemv
-(``FC1_BIAS_GRAD``), and fc2's bias may be left to the caller (``b2=None``). Anywhere else (CPU,
+run through ``cublaslt.py`` (ctypes: PyTorch does not expose these epilogues). With a row count that
+is a multiple of 8, so do the other four, autotuned (``cublaslt.matmul``): fc2's bias in its forward
+GEMM's epilogue, and fc2's bias gradient in the dW2 GEMM's epilogue (BGRADB), in place of a separate
+reduction; MLP kernel time 1.71 ms compiled, against 1.79 ms with ``torch.mm``/``addmm`` for those
+four (same H100, one process). fc1's bias gradient is a gemv (``dpre^T 1``): in the dW1 GEMM's
+BGRADB epilogue, which cuBLASLt runs as a separate reduction kernel of about 81 us at SiT-XL/2 shapes,
+the step was 0.4 ms longer (590.2 against 592.4 images/s, one H100, docs/results/image.md). fc2's
+bias may be left to the caller (``b2=None``). Anywhere else (CPU,
 float32/float64, odd widths) the same ops run ``linear_gelu_aux_reference`` and
 ``matmul_dgelu_bgrad_reference`` (plain PyTorch, float32 arithmetic or float64). Both are
 ``torch.library.custom_op``s tied with ``register_autograd``: ``torch.compile(fullgraph=True)``
@@ -66,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch.library import custom_op, register_autograd, register_fake
 
-from reed_image.models import cublaslt
+from reed_kernels import cublaslt
 
 __all__ = [
     "cublaslt_path_available",
@@ -74,15 +75,6 @@ __all__ = [
     "matmul_dgelu_bgrad_reference",
     "mlp_gelu",
 ]
-
-# the backward's other GEMMs on the cuBLASLt path: "cublaslt" (autotuned, bias gradients in the
-# weight-gradient GEMMs' epilogues) or "torch" (torch.mm, bias gradients by separate reductions)
-GEMMS = "cublaslt"
-# fc1's bias gradient (sum over rows of dpre) with GEMMS = "cublaslt": "gemv" (dpre^T 1 by cuBLAS)
-# or "epilogue" (BGRADB of the dW1 GEMM, which cuBLASLt runs as a separate reduction kernel of
-# about 81 us at SiT-XL/2 shapes on an H100); the gemv made the SiT-XL/2 step 0.4 ms shorter
-# (592.4 vs 590.2 images/s, one H100, docs/results/image.md)
-FC1_BIAS_GRAD = "gemv"
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _KAPPA = 0.044715
@@ -154,7 +146,7 @@ def _check(x, w1, b1, w2, b2) -> None:
         )
 
 
-@custom_op("reed_image::mlp_gelu_fwd", mutates_args=())
+@custom_op("reed_kernels::mlp_gelu_fwd", mutates_args=())
 def _mlp_gelu_fwd(
     x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -164,20 +156,20 @@ def _mlp_gelu_fwd(
             act, pre = cublaslt.linear_gelu_aux(x, w1, b1)
         else:
             act, pre = linear_gelu_aux_reference(x, w1, b1)
-        if cublaslt_path_available(x, w1) and GEMMS == "cublaslt":
+        if cublaslt_path_available(x, w1):
             y, _ = cublaslt.matmul(act, w2.t(), bias=b2)
         else:
             y = act @ w2.t() if b2 is None else torch.addmm(b2, act, w2.t())
     return y, pre, act
 
 
-@register_fake("reed_image::mlp_gelu_fwd")
+@register_fake("reed_kernels::mlp_gelu_fwd")
 def _mlp_gelu_fwd_fake(x, w1, b1, w2, b2):
     M, hidden, D = x.shape[0], w1.shape[0], w2.shape[0]
     return x.new_empty((M, D)), x.new_empty((M, hidden)), x.new_empty((M, hidden))
 
 
-@custom_op("reed_image::mlp_gelu_bwd", mutates_args=())
+@custom_op("reed_kernels::mlp_gelu_bwd", mutates_args=())
 def _mlp_gelu_bwd(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -191,16 +183,12 @@ def _mlp_gelu_bwd(
     unless ``need_db2``)."""
     dy = dy.contiguous()
     with torch.autocast(dy.device.type, enabled=False):
-        if cublaslt_path_available(x, w1) and GEMMS == "cublaslt" and x.shape[0] % 8 == 0:
+        if cublaslt_path_available(x, w1) and x.shape[0] % 8 == 0:
             # (rows are the reduction of the weight-gradient GEMMs: a leading dimension there)
-            # every GEMM autotuned; db2 in the dW2 GEMM's epilogue, db1 as FC1_BIAS_GRAD says
+            # every GEMM autotuned; db2 in the dW2 GEMM's epilogue, db1 by a gemv
             dw2, db2 = cublaslt.matmul(dy.t(), act, sum_a=need_db2)
-            in_epilogue = FC1_BIAS_GRAD == "epilogue"
-            dpre, db1 = cublaslt.matmul_dgelu_bgrad(
-                dy, w2, pre, bias_grad="none" if in_epilogue else FC1_BIAS_GRAD
-            )
-            dw1, db1_epilogue = cublaslt.matmul(dpre.t(), x, sum_a=in_epilogue)
-            db1 = db1_epilogue if in_epilogue else db1
+            dpre, db1 = cublaslt.matmul_dgelu_bgrad(dy, w2, pre)
+            dw1, _ = cublaslt.matmul(dpre.t(), x)
             dx, _ = cublaslt.matmul(dpre, w1)
             return dx, dw1, db1, dw2, db2 if need_db2 else dy.new_empty(0)
         dw2 = dy.t() @ act
@@ -217,7 +205,7 @@ def _mlp_gelu_bwd(
     return dx, dw1, db1, dw2, db2
 
 
-@register_fake("reed_image::mlp_gelu_bwd")
+@register_fake("reed_kernels::mlp_gelu_bwd")
 def _mlp_gelu_bwd_fake(dy, x, w1, w2, pre, act, need_db2=True):
     return (
         x.new_empty(x.shape),
@@ -239,11 +227,11 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, dy, _dpre, _dact):
     # pre and act are outputs only for the backward: the Python wrapper returns y alone
     x, w1, w2, pre, act = ctx.saved_tensors
-    dx, dw1, db1, dw2, db2 = torch.ops.reed_image.mlp_gelu_bwd(dy, x, w1, w2, pre, act, ctx.has_b2)
+    dx, dw1, db1, dw2, db2 = torch.ops.reed_kernels.mlp_gelu_bwd(dy, x, w1, w2, pre, act, ctx.has_b2)
     return dx, dw1, db1, dw2, (db2 if ctx.has_b2 else None)
 
 
-register_autograd("reed_image::mlp_gelu_fwd", _backward, setup_context=_setup_context)
+register_autograd("reed_kernels::mlp_gelu_fwd", _backward, setup_context=_setup_context)
 
 
 def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -266,5 +254,5 @@ def mlp_gelu(
         b2 = None if b2 is None else _autocast(b2, dtype)
     _check(x, w1, b1, w2, b2)
     rows = x.reshape(-1, x.shape[-1])
-    y, _, _ = torch.ops.reed_image.mlp_gelu_fwd(rows, w1, b1, w2, b2)
+    y, _, _ = torch.ops.reed_kernels.mlp_gelu_fwd(rows, w1, b1, w2, b2)
     return y.view(*x.shape[:-1], y.shape[-1])
