@@ -8,12 +8,15 @@ Curves of a metric from training runs (``RUN/metrics.jsonl`` and ``RUN/eval.json
     python tools/compare_runs.py baseline='runs/base-seed*' reed='runs/reed-seed*' \\
         --metric eval/raw/test/recovery --x epoch --reach best --spread std
     python tools/compare_runs.py "1 GPU=runs/single" "2 GPUs DDP=runs/ddp2" --metric loss_gen \\
-        --smooth 8 --gap --log-y --plot core_ddp.png
+        --lower-is-better --smooth 8 --gap --log-y --plot core_ddp.png
 
 Each variant is ``NAME=RUN_GLOB``; the runs the glob matches are its seeds. Per variant the table
 gives the final value, the best value and where it was reached, and the steps (or epochs) to reach
 the baseline's final value (``--reach best``: its best), at the first crossing of the variant's
-mean curve, interpolated linearly between the two evaluations around it. Several seeds give the
+mean curve, interpolated linearly between the two evaluations around it; the speed-up divides the
+baseline's own steps to that crossing by the variant's. ``--also KEY ...`` adds the final values of
+more keys, ``--gap`` the relative gap of each mean curve to the baseline's (after ``--smooth N``
+records), and the median logged ``steps_per_s`` is shown where the runs logged it. Several seeds give the
 mean and, in brackets, their spread: ``--spread range`` (min-max, the default) or ``--spread std``
 (the sample standard deviation); the plot draws the mean curve and the spread as a band. Seeds of
 a variant are compared at the x values they all reached (``--common-x``: all variants too).
@@ -344,7 +347,8 @@ def table(summary: dict, variants: list[Variant], args: argparse.Namespace, unit
     lines = ["| " + " | ".join(r) + " |" for r in rows]
     note = (
         f"{m}: {'lower' if args.lower_is_better else 'higher'} is better; several runs: mean "
-        f"({'min-max' if args.spread == 'range' else '± sample std'}); best and reach on the mean curve."
+        f"({'min-max' if args.spread == 'range' else '± sample std'}); best and reach on the mean curve; "
+        f"speed-up: the baseline's own {unit} to its first crossing of that value over the variant's."
     )
     return "\n".join(lines) + "\n\n" + note + "\n"
 
