@@ -1,6 +1,6 @@
 """The REED objective: a domain's generative loss plus weighted multi-latent alignment.
 
-Wang et al. (2025), total loss (DESIGN.md Sec. 1):
+Wang et al. (2025), total loss (docs/design.md, section 1):
 
     L = w_diff(p) * mean_b L_gen[b]
         + sum_k w_align_k(p) * lambda_k * mean_b( alpha_k(tau_b) * L_align_k[b] )
