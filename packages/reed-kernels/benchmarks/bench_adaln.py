@@ -1,14 +1,15 @@
-"""Launch configurations of the fused adaLN kernels (models/fused_adaln.py), timed on one GPU.
+"""Launch configurations of the fused adaLN kernels (reed_kernels/fused_adaln.py), timed on one GPU.
 
-    python tools/bench_adaln.py                       # SiT-XL/2, batch 64: [64, 256, 1152]
-    python tools/bench_adaln.py --shape 64 256 1152 --reps 50
+    python packages/reed-kernels/benchmarks/bench_adaln.py     # SiT-XL/2, batch 64: [64, 256, 1152]
+    python packages/reed-kernels/benchmarks/bench_adaln.py --shape 64 256 1152 --reps 50
 
 For a float32 and a bfloat16 residual stream (``x``, ``x_out``, ``dx_out`` and ``dx``; SiT's
 ``model.residual_dtype``), with bfloat16 branch/gate/shift/scale/h/dh and the branch's bias (the
 gated, biased call every block makes twice): the forward op for each (rows per program, warps)
 and the backward op for each (rows per loop step, warps, pipeline stages, programs per SM): the
 GPU time of a call (``--reps`` calls in a CUDA graph, best of 5 replays) and the bytes moved per
-second. The default configuration is marked; prints JSON.
+second (each configuration passed to the ops as ``config=``). The default configuration is
+marked; prints JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 
 import torch
 
-from reed_image.models import fused_adaln
+from reed_kernels import fused_adaln
 
 
 def graph_us(fn, reps: int, replays: int = 5) -> float:
@@ -47,11 +48,6 @@ def graph_us(fn, reps: int, replays: int = 5) -> float:
     return 1000.0 * min(s.elapsed_time(e) for s, e in times) / reps
 
 
-def fixed_config(config: tuple, dim: int, itemsize: int) -> tuple:
-    """A stand-in for fused_adaln's _fwd_config/_bwd_config that returns ``config``."""
-    return config
-
-
 def inputs(shape, x_dtype, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     b, n, d = shape
@@ -74,21 +70,19 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args()
     shape = tuple(args.shape)
-    fwd_op = torch.ops.reed_image.add_norm_modulate_fwd
-    bwd_op = torch.ops.reed_image.add_norm_modulate_bwd
-    default_fwd, default_bwd = fused_adaln._fwd_config, fused_adaln._bwd_config
-    default_programs = fused_adaln._BWD_PROGRAMS_PER_SM
+    fwd_op = torch.ops.reed_kernels.add_norm_modulate_fwd
+    bwd_op = torch.ops.reed_kernels.add_norm_modulate_bwd
+    default_programs = fused_adaln.BWD_PROGRAMS_PER_SM
     results = {"device": torch.cuda.get_device_name(), "shape": shape, "reps": args.reps}
     elements = shape[0] * shape[1] * shape[2]
     for x_dtype in (torch.float32, torch.bfloat16):
         name = str(x_dtype).removeprefix("torch.")
         x, branch, gate, shift, scale, bias = inputs(shape, x_dtype)
         x_bytes = x.element_size()
-        base_fwd = default_fwd(shape[2], x_bytes)
+        base_fwd = fused_adaln._fwd_config(shape[2], x_bytes)
         forward = []
         for rows, warps in itertools.product((1, 2, 4), (1, 2, 4, 8)):
-            fused_adaln._fwd_config = functools.partial(fixed_config, (base_fwd[0], rows, warps))
-            args_fwd = (x, branch, gate, shift, scale, 1e-6, torch.bfloat16, bias)
+            args_fwd = (x, branch, gate, shift, scale, 1e-6, torch.bfloat16, bias, [rows, warps])
             us = graph_us(functools.partial(fwd_op, *args_fwd), args.reps)
             moved = elements * (2 * x_bytes + 2 + 2)  # x, x_out; branch; h
             forward.append(
@@ -100,16 +94,15 @@ def main() -> None:
                     "default": (rows, warps) == base_fwd[1:],
                 }
             )
-        fused_adaln._fwd_config = default_fwd
         x_out, _, mean, rstd = fwd_op(x, branch, gate, shift, scale, 1e-6, torch.bfloat16, bias)
         dx_out = torch.randn_like(x_out)
         dh = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
-        base_bwd = default_bwd(shape[2], x_bytes)
+        base_bwd = fused_adaln._bwd_config(shape[2], x_bytes)
         backward = []
         for rows, warps, stages, programs in itertools.product((1, 2), (4, 8), (2, 3, 4), (2, 4)):
-            fused_adaln._bwd_config = functools.partial(fixed_config, (base_bwd[0], rows, warps, stages))
-            fused_adaln._BWD_PROGRAMS_PER_SM = programs
+            config = [rows, warps, stages, programs]
             args_bwd = (dx_out, dh, x_out, mean, rstd, branch, gate, scale, True, torch.bfloat16, bias, True)
+            args_bwd += (True, config)
             us = graph_us(functools.partial(bwd_op, *args_bwd), args.reps)
             moved = elements * (3 * x_bytes + 2 + 2 + 2)  # dx_out, x_out, dx; dh, branch, dbranch
             backward.append(
@@ -123,7 +116,6 @@ def main() -> None:
                     "default": (rows, warps, stages) == base_bwd[1:] and programs == default_programs,
                 }
             )
-        fused_adaln._bwd_config, fused_adaln._BWD_PROGRAMS_PER_SM = default_bwd, default_programs
         results[name] = {
             "forward": sorted(forward, key=lambda r: r["us"]),
             "backward": sorted(backward, key=lambda r: r["us"])[:12] + [r for r in backward if r["default"]],

@@ -1,17 +1,18 @@
 """Forward + backward time of SiT's attention for each SDPA kernel (one GPU).
 
-    python tools/bench_attention.py                       # SiT-XL/2 on 32x32 latents, batch 64
-    python tools/bench_attention.py --heads 6 --dim 384   # SiT-S
+    python packages/reed-kernels/benchmarks/bench_attention.py        # SiT-XL/2, 32x32 latents, batch 64
+    python packages/reed-kernels/benchmarks/bench_attention.py --heads 6 --dim 384   # SiT-S
 
 Inputs are laid out as SiT's ``Attention`` makes them (views of one QKV projection), so the
 numbers include whatever copies a kernel needs: for the SDPA kernels, autograd's stacking of the
 q/k/v gradients into the QKV projection's gradient; ``fa4`` (FlashAttention-4 on the packed
-``qkv``, ``models/flash_attention.py``; needs the ``flash-attn-4`` package) writes that gradient
+``qkv``, ``reed_kernels/flash_attention.py``; needs the ``flash-attn-4`` package) writes that gradient
 directly. Prints, per backend, ms and TFLOP/s (4 N^2 d per head forward, 2.5x that backward) of
 one forward + backward (recorded once as a CUDA graph and replayed ``--reps`` times between two
 CUDA events: GPU time alone, as a graphed training step pays it; median of 5 such groups), and
-the max abs difference of the output and of the QKV gradient from a float32 reference; pick one
-with ``model.attention=<backend>``. The timed step includes the qkv Linear's bias gradient (fa4
+the max abs difference of the output and of the QKV gradient from a float32 reference (SDPA's
+own choice measured the same as its fastest kernel, so SiT leaves it to PyTorch; ``fa4`` is
+reed-image's ``model.kernels=fused-fa4``). The timed step includes the qkv Linear's bias gradient (fa4
 forms it inside its backward's Triton passes, the others by a sum of the qkv gradient, as autograd
 does for a Linear; ``--no-bias`` leaves it out).
 """
@@ -25,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from reed_image.models import flash_attention
-from reed_image.models.flash_attention import attention_reference, packed_attention
+from reed_kernels.flash_attention import attention_reference, packed_attention
 
 BACKENDS = {
+    "auto": None,  # PyTorch's own choice (SiT's plain Attention)
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "flash": SDPBackend.FLASH_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -45,6 +46,8 @@ def attend(backend: str, qkv: torch.Tensor, heads: int, bias: torch.Tensor | Non
     if backend == "fa4":
         return packed_attention(packed, bias)
     q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)
+    if BACKENDS[backend] is None:
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
     with sdpa_kernel(BACKENDS[backend]):
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
 
@@ -58,9 +61,7 @@ def time_backend(backend: str, qkv: torch.Tensor, heads: int, reps: int, bias: b
         *qkv.shape[:2], heads, qkv.shape[-1] // (3 * heads), device=qkv.device, dtype=qkv.dtype
     )
     qkv_bias = torch.zeros(qkv.shape[-1], device=qkv.device, requires_grad=True) if bias else None
-    # fa4 forms it in its Triton pre/postprocess; with FlashAttention-4's own (PREPOST "fa4") the
-    # step takes it as SiT then does (sit.FOLD_QKV_BIAS_GRAD off): a sum of the qkv gradient
-    folded = qkv_bias is not None and backend == "fa4" and flash_attention.PREPOST == "triton"
+    folded = qkv_bias is not None and backend == "fa4"  # formed in its Triton pre/postprocess
 
     def run() -> None:
         qkv.grad = None
@@ -122,26 +123,6 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=1152)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated from {list(BACKENDS)}")
-    p.add_argument(
-        "--fa4-forward-tiles",
-        default="",
-        help="also time fa4 with its own forward kernel (fa4 alone: cuDNN's forward) at these tiles, "
-        "e.g. auto,128x128,128x128:smem (tile_m x tile_n, auto: its choice; :smem keeps P in shared "
-        "memory for P@V, else registers)",
-    )
-    p.add_argument(
-        "--fa4-backward-configs",
-        default="",
-        help="also time fa4 with these changes to FlashAttention-4's backward configuration: a JSON "
-        'list of dicts of BwdConfig fields, e.g. \'[{"m_block_size": 128, "AtomLayoutMdQ": 2, '
-        '"dQ_single_wg": false}]\'',
-    )
-    p.add_argument(
-        "--fa4-prepost",
-        default="triton",
-        help="comma-separated PREPOST settings to time fa4 under: triton (with the qkv bias gradient "
-        "folded in), fa4 (FlashAttention-4's own passes)",
-    )
     p.add_argument("--no-bias", action="store_true", help="time attention without the qkv bias gradient")
     args = p.parse_args()
     qkv = torch.randn(
@@ -149,40 +130,14 @@ def main() -> None:
     )
     flops = 3.5 * 4 * args.batch * args.tokens**2 * args.dim  # fwd + bwd (2.5x fwd)
     results = {}
-    runs = [(name, None) for name in args.backends.split(",")]
-    for spec in filter(None, args.fa4_forward_tiles.split(",")):
-        tile, _, smem = spec.partition(":")
-        tile_m, tile_n = (int(n) for n in tile.split("x")) if tile != "auto" else (0, 0)
-        runs.append((f"fa4@{spec}", (tile_m, tile_n, smem != "smem") if tile_m else None))
-    # fa4 variants: (name, forward tile or None, backward config changes or None, PREPOST)
-    prepost_modes = args.fa4_prepost.split(",")
-    runs = [
-        (name, tile, None, prepost_modes[0]) if name.startswith("fa4") else (name, tile, None, None)
-        for name, tile in runs
-    ]
-    if "fa4" in args.backends.split(","):
-        runs += [(f"fa4/prepost={mode}", None, None, mode) for mode in prepost_modes[1:]]
-    for i, config in enumerate(json.loads(args.fa4_backward_configs or "[]")):
-        runs.append((f"fa4/bwd{i}", None, config, prepost_modes[0]))
-    default_forward, default_tile = flash_attention.FORWARD, flash_attention.FORWARD_TILE
-    default_prepost = flash_attention.PREPOST
-    for name, tile, config, prepost in runs:
-        flash_attention.FORWARD = "fa4" if "@" in name else default_forward
-        flash_attention.FORWARD_TILE = tile if "@" in name else default_tile
-        flash_attention.BACKWARD_CONFIG = config
-        flash_attention.PREPOST = prepost or default_prepost
-        backend = name.partition("@")[0].partition("/")[0]
+    for backend in args.backends.split(","):
         try:
             ms = time_backend(backend, qkv, args.heads, args.reps, bias=not args.no_bias)
             accuracy = errors(backend, qkv, args.heads)
-        except Exception as err:  # noqa: BLE001 (a config the kernels refuse is a result too)
-            results[name] = {"error": str(err).splitlines()[0][:120] if str(err) else type(err).__name__}
+        except Exception as err:  # noqa: BLE001 (a kernel that refuses the shape is a result too)
+            results[backend] = {"error": str(err).splitlines()[0][:120] if str(err) else type(err).__name__}
             continue
-        results[name] = {"fwd_bwd_ms": round(ms, 3), "TFLOP_per_s": round(flops / ms / 1e9, 1), **accuracy}
-        if config is not None:
-            results[name]["backward_config"] = config
-    flash_attention.FORWARD, flash_attention.FORWARD_TILE = default_forward, default_tile
-    flash_attention.BACKWARD_CONFIG, flash_attention.PREPOST = None, default_prepost
+        results[backend] = {"fwd_bwd_ms": round(ms, 3), "TFLOP_per_s": round(flops / ms / 1e9, 1), **accuracy}
     print(json.dumps({"shape": vars(args), "device": torch.cuda.get_device_name(), **results}, indent=1))
 
 

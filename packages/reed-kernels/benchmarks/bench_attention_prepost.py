@@ -1,11 +1,11 @@
 """GPU time of the packed attention backward's pre- and postprocess: Triton's against FlashAttention-4's.
 
-    python tools/bench_attention_prepost.py            # SiT-XL/2 shapes: B 64, N 256, 16 heads of 72
+    python packages/reed-kernels/benchmarks/bench_attention_prepost.py   # SiT-XL/2: B 64, N 256, 16 x 72
 
 Times, as replays of a CUDA graph of 20 calls (median of 5), FlashAttention-4's own preprocess and
 dq postprocess (``flash_attn.cute.interface``; needs ``flash-attn-4`` and a Hopper GPU) and
-``models/attention_prepost.py``'s kernels on the same tensors, the postprocess at each
-``POST_COL_GROUPS`` x ``POST_NUM_WARPS``; for scale also the sum over tokens of a whole ``dqkv``
+``reed_kernels/attention_prepost.py``'s kernels on the same tensors, the postprocess at each
+``col_groups`` x ``num_warps``; for scale also the sum over tokens of a whole ``dqkv``
 (what autograd does for the qkv bias without them) and a copy of ``do``. Prints one JSON object (us).
 """
 
@@ -15,9 +15,9 @@ import argparse
 import json
 
 import torch
-from bench_attention import graph_replay_ms  # tools/ is the script's folder, first on sys.path
+from bench_attention import graph_replay_ms  # the script's folder, first on sys.path
 
-from reed_image.models import attention_prepost, flash_attention
+from reed_kernels import attention_prepost, flash_attention
 
 
 def gpu_us(fn) -> float:
@@ -34,7 +34,7 @@ def main() -> None:
     args = p.parse_args()
     interface = flash_attention._flash_interface()
     if interface is None or not torch.cuda.is_available():
-        raise SystemExit("bench_attention_prepost: needs a CUDA GPU and flash-attn-4 (reed-image[fa4])")
+        raise SystemExit("bench_attention_prepost: needs a CUDA GPU and flash-attn-4 (reed-kernels[fa4])")
     B, N, H, d = args.batch, args.tokens, args.heads, args.head_dim
     config = interface._tile_size_bwd_sm90(d, d, False, False)
     tile_m = config.m_block_size
@@ -92,21 +92,27 @@ def main() -> None:
             )
         ),
     }
-    defaults = attention_prepost.POST_COL_GROUPS, attention_prepost.POST_NUM_WARPS
     for groups in (1, 2, 4, 16):
         for warps in (2, 4, 8):
-            attention_prepost.POST_COL_GROUPS, attention_prepost.POST_NUM_WARPS = groups, warps
             results[f"triton_postprocess_groups{groups}_warps{warps}"] = gpu_us(
-                lambda: attention_prepost.attention_bwd_postprocess(
-                    dq_accum, dqkv[:, :, 0], d**-0.5, tile_m, tile_hdim, colsum
+                lambda groups=groups, warps=warps: attention_prepost.attention_bwd_postprocess(
+                    dq_accum, dqkv[:, :, 0], d**-0.5, tile_m, tile_hdim, colsum, groups, warps
                 )
             )
-    attention_prepost.POST_COL_GROUPS, attention_prepost.POST_NUM_WARPS = defaults
     results["colsum_sum"] = gpu_us(lambda: colsum.sum(0))
     results["dqkv_token_sum"] = gpu_us(lambda: dqkv.sum((0, 1), dtype=torch.float32))
     results["copy_of_do"] = gpu_us(lambda: dout.clone())
     shape = {"batch": B, "tokens": N, "heads": H, "head_dim": d, "tile_m": tile_m}
-    print(json.dumps({"shape": shape, "device": torch.cuda.get_device_name(), "gpu_us": results}, indent=1))
+    defaults = {
+        "col_groups": attention_prepost.POST_COL_GROUPS,
+        "num_warps": attention_prepost.POST_NUM_WARPS,
+    }
+    device = torch.cuda.get_device_name()
+    print(
+        json.dumps(
+            {"shape": shape, "device": device, "postprocess_defaults": defaults, "gpu_us": results}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,21 +1,18 @@
 """Forward + backward time of SiT's MLP ``fc2(gelu_tanh(fc1(x)))`` for each fusion (one GPU).
 
-    python tools/bench_mlp.py                          # SiT-XL/2, batch 64: x [64, 256, 1152], F = 4608
-    python tools/bench_mlp.py --profile                # and the GPU kernels of each variant (names, us)
-    python tools/bench_mlp.py --variants compiled,fused_mlp --param-dtypes bfloat16
+    python packages/reed-kernels/benchmarks/bench_mlp.py      # SiT-XL/2, batch 64: x [64, 256, 1152]
+    python packages/reed-kernels/benchmarks/bench_mlp.py --profile     # and each variant's GPU kernels
+    python packages/reed-kernels/benchmarks/bench_mlp.py --variants compiled,fused_mlp --param-dtypes bfloat16
 
 Variants (all under bfloat16 autocast, as training runs them):
 
-    eager               the plain Mlp
-    compiled            the plain Mlp under torch.compile (inductor fuses bias + GELU itself)
-    fused_gelu          Mlp(fused_gelu=True) under torch.compile (Triton bias + GELU kernels)
-    fused_mlp           Mlp(fused_mlp=True), eager (cuBLASLt GELU epilogues, models/fused_mlp.py)
+    eager               the plain MLP
+    compiled            the plain MLP under torch.compile (inductor fuses bias + GELU itself)
+    fused_mlp           ``fused_mlp.mlp_gelu`` (cuBLASLt GELU epilogues, autotuned GEMMs), eager
     fused_mlp_compiled  the same under torch.compile (the op stays opaque)
-    fused_mlp_torch_gemms  fused_mlp (eager) with the other GEMMs by torch (fused_mlp.GEMMS = "torch":
-                        torch's cuBLAS picks, bias gradients by separate reductions)
-    fused_mlp_bgrad_*   fused_mlp_torch_gemms with each way of forming fc1's bias gradient
-                        (cublaslt.BIAS_GRAD: the DGELU_BGRAD epilogue, or DGELU + sum / gemv)
-    fused_mlp_heuristic fused_mlp (eager) with the heuristic's first algorithms, not autotuned
+
+(Measured and deleted: a Triton bias + GELU kernel, torch's GEMMs for the four plain GEMMs, the
+DGELU_BGRAD epilogue or ``dpre.sum(0)`` for fc1's bias gradient; fused_mlp.py's docstring.)
 
 For each parameter dtype (float32 weights cast by autocast, or bfloat16 weights): the median ms of
 one forward + backward over ``--iters`` steps after ``--warmup`` (CUDA events around each step,
@@ -24,7 +21,7 @@ compiled variants' guards and wrappers; ``--profile`` adds the GPU kernel time a
 difference of the output and of every gradient (x, fc1/fc2 weight and bias) from the eager plain
 Mlp, and from a float64 MLP (scaled by the float64 value's max abs: a precision yardstick).
 Also: cuBLASLt's version, whether its GELU is the tanh form (exact inputs in the negative tail),
-and whether its heuristic has algorithms for a float32 bias / bias gradient. Prints JSON.
+and whether its heuristic has algorithms for a float32 bias. Prints JSON.
 """
 
 from __future__ import annotations
@@ -38,41 +35,39 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-VARIANTS = (
-    "eager",
-    "compiled",
-    "fused_gelu",
-    "fused_mlp",
-    "fused_mlp_compiled",
-    "fused_mlp_torch_gemms",
-    "fused_mlp_bgrad_epilogue",
-    "fused_mlp_bgrad_sum",
-    "fused_mlp_bgrad_gemv",
-    "fused_mlp_heuristic",
-)
+from reed_kernels import cublaslt
+from reed_kernels.fused_mlp import mlp_gelu
+
+VARIANTS = ("eager", "compiled", "fused_mlp", "fused_mlp_compiled")
 GRAD_NAMES = ("y", "dx", "dw1", "db1", "dw2", "db2")
-DEFAULTS: dict = {}  # the binding's settings as imported
 
 
-def configure(variant: str) -> None:
-    """The binding's module settings for ``variant`` (defaults otherwise); plans made afresh."""
-    from reed_image.models import cublaslt, fused_mlp
+class Mlp(torch.nn.Module):
+    """SiT's MLP ``fc2(gelu_tanh(fc1(x)))`` in plain PyTorch."""
 
-    cublaslt._plans.clear()
-    torch_gemms = variant == "fused_mlp_torch_gemms" or "_bgrad_" in variant
-    fused_mlp.GEMMS = "torch" if torch_gemms else "cublaslt"
-    cublaslt.BIAS_GRAD = variant.split("_bgrad_")[1] if "_bgrad_" in variant else DEFAULTS["BIAS_GRAD"]
-    cublaslt.AUTOTUNE_CANDIDATES = 1 if variant.endswith("heuristic") else DEFAULTS["AUTOTUNE_CANDIDATES"]
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(dim, hidden)
+        self.act = torch.nn.GELU(approximate="tanh")
+        self.fc2 = torch.nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class FusedMlp(Mlp):
+    """The same parameters through ``mlp_gelu``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mlp_gelu(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 
 def build(variant: str, dim: int, hidden: int, param_dtype: torch.dtype, state: dict) -> torch.nn.Module:
-    from reed_image.models.sit import Mlp
-
-    configure(variant)
-    mlp = Mlp(dim, hidden, fused_gelu=variant == "fused_gelu", fused_mlp=variant.startswith("fused_mlp"))
+    cublaslt._plans.clear()  # each variant autotunes its own plans
+    mlp = (FusedMlp if variant.startswith("fused_mlp") else Mlp)(dim, hidden)
     mlp.load_state_dict(state)
     mlp = mlp.to("cuda", param_dtype)
-    if variant in ("compiled", "fused_gelu", "fused_mlp_compiled"):
+    if variant in ("compiled", "fused_mlp_compiled"):
         return torch.compile(mlp, fullgraph=True)
     return mlp
 
@@ -147,8 +142,6 @@ def kernel_profile(mlp, x, dy, steps: int = 5) -> list[list]:
 
 def probes() -> dict:
     """cuBLASLt facts this binding relies on, measured."""
-    from reed_image.models import cublaslt
-
     out: dict = {"cublaslt_version": cublaslt.library_version()}
     # GELU form: exactly representable pre-activations in [-4.5, -2.5] (tanh and erf forms differ 3-66%)
     M, K, N = 512, 16, 64
@@ -174,13 +167,6 @@ def probes() -> dict:
         out["float32_bias"] = f"ok (max |diff| vs bf16 bias {(act32 - act16).abs().max().item():.3g})"
     except RuntimeError as err:
         out["float32_bias"] = f"unsupported: {err}"
-    try:
-        dout = torch.randn(256, 128, device="cuda").bfloat16()
-        _, db32 = cublaslt.matmul_dgelu_bgrad(dout, wb, xb, torch.float32, bias_grad="epilogue")
-        _, db16 = cublaslt.matmul_dgelu_bgrad(dout, wb, xb, bias_grad="epilogue")
-        out["float32_dbias"] = f"ok (max |diff| vs bf16 {(db32 - db16.float()).abs().max().item():.3g})"
-    except RuntimeError as err:
-        out["float32_dbias"] = f"unsupported: {err}"
     return out
 
 
@@ -204,10 +190,6 @@ def main() -> None:
     if not torch.cuda.is_available():
         p.error("needs a CUDA device")
 
-    from reed_image.models import cublaslt
-    from reed_image.models.sit import Mlp
-
-    DEFAULTS.update(BIAS_GRAD=cublaslt.BIAS_GRAD, AUTOTUNE_CANDIDATES=cublaslt.AUTOTUNE_CANDIDATES)
     torch.manual_seed(0)
     base = Mlp(args.dim, args.hidden)
     torch.nn.init.normal_(base.fc1.bias, std=0.5)
@@ -225,7 +207,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "iters": args.iters,
-        "defaults": DEFAULTS,
+        "autotune_candidates": cublaslt.AUTOTUNE_CANDIDATES,
     }
     try:
         result["cublaslt"] = probes()

@@ -1,4 +1,4 @@
-"""Triton pre/postprocess of the packed attention backward (``models/attention_prepost.py``).
+"""Triton pre/postprocess of the packed attention backward (``reed_kernels/attention_prepost.py``).
 
 Without a GPU the kernels run through Triton's interpreter in one ``TRITON_INTERPRET=1``
 subprocess (the interpreter is chosen when Triton is imported). The preprocess is checked against
@@ -42,7 +42,7 @@ def accumulator_from_dq(dq: torch.Tensor, row_length: int) -> torch.Tensor:
 
 
 def postprocess_errors(case) -> dict:
-    from reed_image.models.attention_prepost import attention_bwd_postprocess, colsum_buffer
+    from reed_kernels.attention_prepost import attention_bwd_postprocess, colsum_buffer
 
     batch, tokens, heads, head_dim, tile_m = case
     g = torch.Generator().manual_seed(0)
@@ -61,7 +61,7 @@ def postprocess_errors(case) -> dict:
 
 
 def preprocess_errors(case) -> dict:
-    from reed_image.models.attention_prepost import attention_bwd_preprocess, colsum_buffer
+    from reed_kernels.attention_prepost import attention_bwd_preprocess, colsum_buffer
 
     batch, tokens, heads, head_dim = case
     g = torch.Generator().manual_seed(1)
@@ -95,7 +95,7 @@ TOTAL_CASES = [(256, 3, 216), (3, 3, 40), (65, 3, 8)]  # colsum [rows, 3, H * d]
 
 
 def total_error(case) -> float:
-    from reed_image.models.attention_prepost import colsum_total
+    from reed_kernels.attention_prepost import colsum_total
 
     colsum = torch.randn(*case, generator=torch.Generator().manual_seed(2))
     total = colsum_total(colsum)

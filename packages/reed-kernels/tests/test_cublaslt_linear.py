@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reed_image.models import cublaslt
-from reed_image.models.cublaslt_linear import cublaslt_linear
+from reed_kernels import cublaslt
+from reed_kernels.cublaslt_linear import cublaslt_linear
 
 
 def inputs(rows=24, features=16, outputs=40, dtype=torch.float64, device="cpu", seed=0):
@@ -51,12 +51,12 @@ def test_detached_bias_gets_no_gradient_and_opcheck():
     torch.testing.assert_close(dx, dy @ weight)
     rows = x.detach().reshape(-1, x.shape[-1])
     torch.library.opcheck(
-        torch.ops.reed_image.cublaslt_linear_fwd.default,
+        torch.ops.reed_kernels.cublaslt_linear_fwd.default,
         (rows.requires_grad_(), weight.clone().requires_grad_(), bias.clone().requires_grad_()),
         raise_exception=True,
     )
     torch.library.opcheck(
-        torch.ops.reed_image.cublaslt_linear_bwd.default,
+        torch.ops.reed_kernels.cublaslt_linear_bwd.default,
         (dy.reshape(-1, dy.shape[-1]), rows.detach(), weight, True),
         raise_exception=True,
     )

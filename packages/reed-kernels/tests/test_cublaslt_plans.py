@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reed_image.models import cublaslt, cublaslt_plans
-from reed_image.models.cublaslt_linear import cublaslt_linear
+from reed_kernels import cublaslt, cublaslt_plans
+from reed_kernels.cublaslt_linear import cublaslt_linear
 
 GOOD_ENTRY = {
     "epilogue": 1,
@@ -119,21 +119,6 @@ def test_saved_plans_load_into_a_fresh_cache_and_run_the_same_algorithms(tmp_pat
     assert len(fresh_plans) == len(algos)  # nothing autotuned again
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=0)  # the same algorithms: the same bits
-
-
-@pytest.mark.gpu
-@needs_cublaslt
-def test_the_image_task_option_installs_a_plan_file(tmp_path, fresh_plans):
-    from reed_image.task import install_cublaslt_plans
-
-    mlp_step(*mlp_inputs())
-    path = tmp_path / "plans.json"
-    saved = cublaslt_plans.save_plans(path)
-    algos = {key: list(plan.algo) for key, plan in fresh_plans.items()}
-    fresh_plans.clear()
-    assert install_cublaslt_plans(str(path), torch.device("cuda")) == saved  # model.cublaslt_plans
-    assert {key: list(plan.algo) for key, plan in fresh_plans.items()} == algos
-    assert install_cublaslt_plans(str(path), torch.device("cpu")) == 0  # read and checked only
 
 
 @pytest.mark.gpu

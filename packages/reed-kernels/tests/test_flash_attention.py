@@ -1,9 +1,9 @@
-"""Packed attention (``model.attention=fa4``): the op against ``F.scaled_dot_product_attention``.
+"""Packed attention (``packed_attention``): the op against ``F.scaled_dot_product_attention``.
 
 On the CPU the op runs its float32 reference: value and the packed ``qkv`` gradient are checked
-against SDPA's (float64 inputs), with ``opcheck``, ``torch.compile(fullgraph=True)``, and a whole
-SiT (with and without qk-norm) against the same weights through SDPA; the qkv bias gradient the op
-returns (``bias=``) against autograd through the Linear. The CUDA tests (skipped
+against SDPA's (float64 inputs), with ``opcheck`` and ``torch.compile(fullgraph=True)``; the qkv
+bias gradient the op returns (``bias=``) against autograd through the Linear (a whole SiT through
+it: reed-image's test_sit.py). The CUDA tests (skipped
 without a GPU, and where FlashAttention-4 is not installed) run the kernels at SiT-XL/2's head
 dimension 72 in bfloat16 against the float32 reference, under compile and CUDA-graph capture.
 """
@@ -14,15 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reed_image.models import flash_attention
-from reed_image.models.flash_attention import (
+from reed_kernels import flash_attention
+from reed_kernels.flash_attention import (
     attention_backward_reference,
     attention_reference,
     flash_attention_available,
     packed_attention,
     qkv_bias_grad_reference,
 )
-from reed_image.models.sit import SiT, SiTConfig
 
 
 def sdpa(qkv: torch.Tensor) -> torch.Tensor:
@@ -75,11 +74,11 @@ def test_backward_reference_swaps_a_wrong_lse_for_a_wrong_gradient():
 def test_opcheck_and_fullgraph_compile():
     qkv, dout = random_qkv(dtype=torch.float32)
     torch.library.opcheck(
-        torch.ops.reed_image.packed_attention_fwd.default, (qkv.requires_grad_(),), raise_exception=True
+        torch.ops.reed_kernels.packed_attention_fwd.default, (qkv.requires_grad_(),), raise_exception=True
     )
     out, lse = attention_reference(qkv.detach())
     torch.library.opcheck(
-        torch.ops.reed_image.packed_attention_bwd.default,
+        torch.ops.reed_kernels.packed_attention_bwd.default,
         (dout, qkv.detach(), out, lse),
         raise_exception=True,
     )
@@ -123,15 +122,15 @@ def test_opcheck_and_compile_with_bias():
     qkv, dout = random_qkv(dtype=torch.float32)
     bias = torch.randn(3 * qkv.shape[3] * qkv.shape[4])
     torch.library.opcheck(
-        torch.ops.reed_image.packed_attention_fwd.default,
+        torch.ops.reed_kernels.packed_attention_fwd.default,
         (qkv.clone().requires_grad_(), bias.clone().requires_grad_()),
         raise_exception=True,
     )
     out, lse = attention_reference(qkv)
     torch.library.opcheck(
-        torch.ops.reed_image.packed_attention_bwd.default, (dout, qkv, out, lse, True), raise_exception=True
+        torch.ops.reed_kernels.packed_attention_bwd.default, (dout, qkv, out, lse, True), raise_exception=True
     )
-    dqkv, dbias = torch.ops.reed_image.packed_attention_bwd(dout, qkv, out, lse, True)
+    dqkv, dbias = torch.ops.reed_kernels.packed_attention_bwd(dout, qkv, out, lse, True)
     torch.testing.assert_close(dbias, qkv_bias_grad_reference(dqkv[:, :, 0], dout))
 
     def attention_sum(qkv, bias):
@@ -145,29 +144,23 @@ def test_opcheck_and_compile_with_bias():
 
 
 def test_routing_of_flash_attention_4s_passes(monkeypatch):
-    """The wrappers installed on FlashAttention-4's interface (here a stand-in): once only; the dq
-    postprocess told the Hopper kernel's rounding (16) only on SM90; FlashAttention-4's own passes
-    whenever no packed backward runs or the tensors are not CUDA ones; BACKWARD_CONFIG applied."""
-    import dataclasses
+    """On FlashAttention-4's interface (here a stand-in): the dq-stride fix is installed once and
+    tells the dq postprocess the Hopper kernel's rounding (16) only on SM90. While one packed
+    backward runs (``_routed_prepost``) the pre/postprocess calls go to the Triton passes with
+    that backward's job (by closure), and to FlashAttention-4's own where those decline (CPU
+    tensors here); afterwards, also after an error, the interface's own functions are back."""
     import types
-
-    @dataclasses.dataclass(frozen=True)
-    class BwdConfig:
-        m_block_size: int = 64
-        n_block_size: int = 128
 
     calls = []
     interface = types.SimpleNamespace(
-        BwdConfig=BwdConfig,
         _bwd_preprocess=lambda *args, **kwargs: calls.append(("pre", kwargs.get("hdim_multiple_of"))),
         _bwd_postprocess_convert=lambda *args, hdim_multiple_of=32, **kwargs: calls.append(
             ("post", hdim_multiple_of)
         ),
-        _tile_size_bwd_sm90=lambda *args: BwdConfig(),
     )
     for _ in range(2):  # a second install must not wrap again
         flash_attention._fix_sm90_dq_accum_stride(interface)
-        flash_attention._route_prepost(interface)
+    preprocess, postprocess = interface._bwd_preprocess, interface._bwd_postprocess_convert
     out = torch.zeros(2, 64, 3, 8)
     pre_args = (out, out, None, None, None, None, None, None, None, None, 8, 8, 64)
     dq = torch.zeros(2, 64, 3, 8)
@@ -177,14 +170,24 @@ def test_routing_of_flash_attention_4s_passes(monkeypatch):
     interface._bwd_postprocess_convert(*post_args(100), fake_mode=False)
     interface._bwd_postprocess_convert(*post_args(90), fake_mode=False, hdim_multiple_of=64)
     job = flash_attention._BackwardPass(dq, torch.zeros(2, 3, 24))
-    monkeypatch.setattr(flash_attention, "_ACTIVE_PASS", job)  # a packed backward, but on the CPU
-    interface._bwd_preprocess(*pre_args, fake_mode=False, hdim_multiple_of=32)
-    interface._bwd_postprocess_convert(*post_args(90), fake_mode=False)
+    with flash_attention._routed_prepost(interface, job):  # a packed backward, but on the CPU
+        assert interface._bwd_preprocess is not preprocess
+        interface._bwd_preprocess(*pre_args, fake_mode=False, hdim_multiple_of=32)
+        interface._bwd_postprocess_convert(*post_args(90), fake_mode=False)
     assert calls == [("pre", 32), ("post", 16), ("post", 32), ("post", 64), ("pre", 32), ("post", 16)]
     assert not (job.preprocessed or job.postprocessed)
-    assert interface._tile_size_bwd_sm90(72, 72, False, False) == BwdConfig()
-    monkeypatch.setattr(flash_attention, "BACKWARD_CONFIG", {"m_block_size": 128})
-    assert interface._tile_size_bwd_sm90(72, 72, False, False) == BwdConfig(m_block_size=128)
+    assert interface._bwd_preprocess is preprocess and interface._bwd_postprocess_convert is postprocess
+
+    seen = []
+    monkeypatch.setattr(flash_attention, "_triton_preprocess", lambda job, *a, **k: seen.append(job) or True)
+    monkeypatch.setattr(flash_attention, "_triton_postprocess", lambda job, *a, **k: seen.append(job) or True)
+    calls.clear()
+    with pytest.raises(RuntimeError, match="inside"), flash_attention._routed_prepost(interface, job):
+        interface._bwd_preprocess(*pre_args, fake_mode=False, hdim_multiple_of=32)
+        interface._bwd_postprocess_convert(*post_args(90), fake_mode=False)
+        raise RuntimeError("inside")
+    assert seen == [job, job] and calls == []  # the Triton passes ran: FlashAttention-4's did not
+    assert interface._bwd_preprocess is preprocess and interface._bwd_postprocess_convert is postprocess
 
 
 def test_bad_layout_is_a_clear_error():
@@ -194,52 +197,6 @@ def test_bad_layout_is_a_clear_error():
         packed_attention(torch.zeros(2, 4, 3, 8, 3).transpose(-1, -2))
     with pytest.raises(ValueError, match=r"bias must be \[3 \* H \* d\] = \[72\]"):
         packed_attention(torch.zeros(2, 4, 3, 3, 8), torch.zeros(24))
-
-
-@pytest.mark.parametrize(
-    "qk_norm,fused_adaln,fused_mlp",
-    [(False, False, False), (True, False, False), (False, True, False), (False, True, True)],
-)
-def test_sit_with_packed_attention_matches_sdpa(qk_norm, fused_adaln, fused_mlp):
-    """A whole SiT with ``attention="fa4"`` (the reference on CPU) equals the SDPA SiT: velocity
-    and every parameter gradient (with ``fused_mlp`` its Linears are ``cublaslt_linear``'s too)."""
-    cfg = dict(
-        arch="SiT-S/2",
-        input_size=8,
-        in_channels=2,
-        num_classes=5,
-        depth=2,
-        hidden_size=48,
-        num_heads=3,
-        qk_norm=qk_norm,
-        fused_adaln=fused_adaln,
-    )
-    torch.manual_seed(0)
-    plain = SiT(SiTConfig(**cfg)).double()
-    packed = SiT(SiTConfig(**cfg, attention="fa4", fused_mlp=fused_mlp)).double()
-    packed.load_state_dict(plain.state_dict())
-    for module in (plain, packed):  # adaLN-Zero starts at zero: give the attention branch a say
-        for block in module.blocks:
-            torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.05)
-        torch.nn.init.normal_(module.final_layer.linear.weight, std=0.05)
-    packed.load_state_dict(plain.state_dict())
-    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
-    t = torch.rand(3, dtype=torch.float64)
-    y = torch.tensor([0, 3, 5])
-    outs = []
-    for module in (plain, packed):
-        module.zero_grad()
-        velocity = module(x, t, y)
-        velocity.square().sum().backward()
-        outs.append((velocity, {n: p.grad.clone() for n, p in module.named_parameters()}))
-    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
-    for name, grad in outs[0][1].items():
-        torch.testing.assert_close(outs[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
-
-
-def test_unknown_attention_names_the_choices():
-    with pytest.raises(ValueError, match="fa4"):
-        SiTConfig(attention="flash4").resolved()
 
 
 needs_fa4 = pytest.mark.skipif(
@@ -257,10 +214,8 @@ def test_cuda_without_the_kernels_raises_instead_of_falling_back(monkeypatch):
 
 @pytest.mark.gpu
 @needs_fa4
-@pytest.mark.parametrize("forward", ["cudnn", "fa4"])
 @pytest.mark.parametrize("shape", [(64, 256, 16, 72), (3, 40, 2, 64), (2, 200, 4, 128)])
-def test_kernels_match_the_reference(shape, forward, monkeypatch):
-    monkeypatch.setattr(flash_attention, "FORWARD", forward)
+def test_kernels_match_the_reference(shape):
     batch, tokens, heads, head_dim = shape
     qkv, dout = random_qkv(batch, tokens, heads, head_dim, dtype=torch.bfloat16, device="cuda", scale=1.0)
     out, dqkv = value_and_grad(packed_attention, qkv, dout)
@@ -318,7 +273,7 @@ def round_up(value: int, multiple: int) -> int:
 @pytest.mark.parametrize("head_dim", [72, 64, 40])
 def test_triton_postprocess_reads_flash_attention_4s_accumulator(head_dim):
     """``attention_prepost``'s postprocess and FlashAttention-4's turn one accumulator into the same dq."""
-    from reed_image.models.attention_prepost import attention_bwd_postprocess, colsum_buffer
+    from reed_kernels.attention_prepost import attention_bwd_postprocess, colsum_buffer
 
     interface = flash_attention._flash_interface()
     cfg = interface._tile_size_bwd_sm90(head_dim, head_dim, False, False)
@@ -351,12 +306,10 @@ def test_triton_postprocess_reads_flash_attention_4s_accumulator(head_dim):
 
 @pytest.mark.gpu
 @needs_fa4
-@pytest.mark.parametrize("prepost", ["triton", "fa4"])
 @pytest.mark.parametrize("shape", [(64, 256, 16, 72), (2, 256, 4, 64), (2, 200, 4, 72)])
-def test_kernels_give_the_bias_gradient(shape, prepost, monkeypatch):
+def test_kernels_give_the_bias_gradient(shape, monkeypatch):
     """With ``bias``: dqkv and the bias gradient against the float32 reference, through the Triton
     pre/postprocess where the shape allows it (tokens a multiple of 64) and FlashAttention-4's else."""
-    monkeypatch.setattr(flash_attention, "PREPOST", prepost)
     calls = []
     postprocess = flash_attention.attention_bwd_postprocess
     monkeypatch.setattr(
@@ -369,7 +322,7 @@ def test_kernels_give_the_bias_gradient(shape, prepost, monkeypatch):
     dqkv, dbias = torch.autograd.grad(packed_attention(qkv, bias), (qkv, bias), dout)
     _, want_dqkv = value_and_grad(lambda t: attention_reference(t)[0].float(), qkv.float(), dout.float())
     want_dbias = qkv_bias_grad_reference(want_dqkv[:, :, 0], dout.float())
-    assert bool(calls) == (prepost == "triton" and tokens % 64 == 0)
+    assert bool(calls) == (tokens % 64 == 0)
     torch.testing.assert_close(dqkv.float(), want_dqkv, rtol=5e-2, atol=5e-2 * want_dqkv.abs().max().item())
     assert dbias.dtype == torch.float32 and (dbias[heads * head_dim : 2 * heads * head_dim] == 0).all()
     torch.testing.assert_close(dbias, want_dbias, rtol=1e-2, atol=1e-2 * want_dbias.abs().max().item())

@@ -1,7 +1,7 @@
 """Fused adaLN residual/LayerNorm/modulate: reference vs the unfused chain, Triton kernels vs reference.
 
 The reference (plain PyTorch) is checked in float64 against ``x + gate * branch`` -> ``nn.LayerNorm``
--> ``sit.modulate`` and against the backward equations the kernels implement. The Triton kernels are
+-> modulate and against the backward equations the kernels implement. The Triton kernels are
 checked against a float64 oracle with float32 ``x`` and bfloat16 ``branch``/``gate``/``shift``/
 ``scale``/``dh``, as under autocast in training.
 
@@ -22,12 +22,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from reed_image.models.fused_adaln import (
+from reed_kernels.fused_adaln import (
     add_norm_modulate,
     add_norm_modulate_reference,
     triton_path_available,
 )
-from reed_image.models.sit import modulate
 
 BRANCH_MODES = ("gated", "biased", "ungated", "none")  # biased: gated, with the branch's Linear bias
 # kernel cases only: "positional" is SiT's first call, x [1, N, D] (the positional embedding, a
@@ -54,6 +53,11 @@ GPU_CASES = KERNEL_CASES + [
     ((64, 256, 1152), "positional", True),
 ]
 BF16_ULP = 2.0**-7  # one bfloat16 ulp, relative (interpreter truncates; the GPU rounds to nearest)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """SiT's (DiT's) modulate."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 def case_id(case) -> str:
@@ -186,48 +190,52 @@ def opcheck_results(device="cpu", test_utils=None) -> dict[str, str]:
         )
         args = (x, branch, gate, shift, scale, 1e-6, torch.bfloat16, bias)
         for util, outcome in torch.library.opcheck(
-            torch.ops.reed_image.add_norm_modulate_fwd, args, **kwargs
+            torch.ops.reed_kernels.add_norm_modulate_fwd, args, **kwargs
         ).items():
             results[f"fwd-{mode}-{util}"] = outcome
     x, branch, gate, shift, scale, bias = make_inputs(
         (2, 3, 40), "biased", torch.float32, torch.bfloat16, device
     )
-    x_out, _, mean, rstd = torch.ops.reed_image.add_norm_modulate_fwd(
+    x_out, _, mean, rstd = torch.ops.reed_kernels.add_norm_modulate_fwd(
         x, branch, gate, shift, scale, 1e-6, torch.bfloat16, bias
     )
     dh = torch.randn_like(x).bfloat16()
     args = (torch.randn_like(x), dh, x_out, mean, rstd, branch, gate, scale, True, torch.bfloat16, bias, True)
     for util, outcome in torch.library.opcheck(
-        torch.ops.reed_image.add_norm_modulate_bwd, args, **kwargs
+        torch.ops.reed_kernels.add_norm_modulate_bwd, args, **kwargs
     ).items():
         results[f"bwd-{util}"] = outcome
     return results
 
 
-def error_ratios_with_finish(case, finish: str, **kwargs) -> dict[str, float]:
-    """``kernel_error_ratios`` with the backward's partial sums finished as ``finish`` says."""
-    from reed_image.models import fused_adaln
-
-    before = fused_adaln.FINISH_PARTIAL_SUMS
-    fused_adaln.FINISH_PARTIAL_SUMS = finish
-    try:
-        return kernel_error_ratios(*case, **kwargs)
-    finally:
-        fused_adaln.FINISH_PARTIAL_SUMS = before
-
-
-FINISH_MODES = ("torch", "kernel")
+def launch_config_differences(device="cpu") -> dict[str, float]:
+    """Max abs difference, relative to the largest value, of every output of both ops between the
+    default launch configuration and an explicit other one (``config=``: rows, warps; rows, warps,
+    stages, programs per SM)."""
+    inputs = make_inputs((2, 8, 72), "biased", torch.float32, torch.bfloat16, device)
+    x, branch, gate, shift, scale, bias = inputs
+    fwd, bwd = torch.ops.reed_kernels.add_norm_modulate_fwd, torch.ops.reed_kernels.add_norm_modulate_bwd
+    args = (x, branch, gate, shift, scale, 1e-6, torch.bfloat16, bias)
+    default, other = fwd(*args), fwd(*args, [2, 2])
+    x_out, _, mean, rstd = default
+    g = torch.Generator().manual_seed(1)
+    dx_out = torch.randn(x_out.shape, generator=g).to(device)
+    dh = torch.randn(x_out.shape, generator=g).to(device, torch.bfloat16)
+    bwd_args = (dx_out, dh, x_out, mean, rstd, branch, gate, scale, True, torch.bfloat16, bias, True)
+    default_bwd, other_bwd = bwd(*bwd_args), bwd(*bwd_args, True, [2, 2, 2, 1])
+    return {
+        f"{name}{i}": ((a.double() - b.double()).abs().max() / (a.double().abs().max() + 1e-12)).item()
+        for name, pair in (("fwd", (default, other)), ("bwd", (default_bwd, other_bwd)))
+        for i, (a, b) in enumerate(zip(*pair, strict=True))
+    }
 
 
 def interpreter_report() -> dict:
-    """Run inside the ``TRITON_INTERPRET=1`` subprocess: every kernel case (with each way of
-    finishing the backward's partial sums) and opcheck, as JSON."""
+    """Run inside the ``TRITON_INTERPRET=1`` subprocess: every kernel case, opcheck, other launch
+    configurations, as JSON."""
     return {
-        "cases": {
-            f"{case_id(case)}-{finish}": error_ratios_with_finish(case, finish)
-            for case in KERNEL_CASES
-            for finish in FINISH_MODES
-        },
+        "cases": {case_id(case): kernel_error_ratios(*case) for case in KERNEL_CASES},
+        "launch_configs": launch_config_differences(),
         "opcheck": opcheck_results(
             test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
         ),
@@ -338,10 +346,9 @@ def interpreter(triton_interpreter_report):
     return triton_interpreter_report(Path(__file__))
 
 
-@pytest.mark.parametrize("finish", FINISH_MODES)
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=case_id)
-def test_triton_interpreter_matches_float64_oracle(interpreter, case, finish):
-    ratios = interpreter["cases"][f"{case_id(case)}-{finish}"]
+def test_triton_interpreter_matches_float64_oracle(interpreter, case):
+    ratios = interpreter["cases"][case_id(case)]
     (_, _, _), mode, _ = case
     expected = {"x_out", "h", "dshift", "dscale"} | ({"dx"} if mode != "positional" else set())
     expected |= {"dbranch"} if mode != "none" else set()
@@ -361,14 +368,20 @@ def test_triton_interpreter_opcheck(interpreter):
     assert results and all(outcome == "SUCCESS" for outcome in results.values()), results
 
 
+def test_triton_interpreter_launch_configs_give_the_same_results(interpreter):
+    """``config=`` (the benchmarks' other launch configurations) changes only the schedule: the
+    same values up to float32 summation order (and a bfloat16 rounding it may move)."""
+    differences = interpreter["launch_configs"]
+    assert len(differences) == 4 + 6 and all(d < 8e-3 for d in differences.values()), differences
+
+
 # ---------------------------------------------------------------- Triton kernels, CUDA
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("finish", FINISH_MODES)
 @pytest.mark.parametrize("case", GPU_CASES, ids=case_id)
-def test_triton_cuda_matches_float64_oracle(case, finish):
-    ratios = error_ratios_with_finish(case, finish, device="cuda")
+def test_triton_cuda_matches_float64_oracle(case):
+    ratios = kernel_error_ratios(*case, device="cuda")
     assert all(r <= 1.0 for r in ratios.values()), ratios
 
 
@@ -382,6 +395,12 @@ def test_triton_cuda_bf16_residual_stream():
 def test_triton_cuda_opcheck():
     results = opcheck_results(device="cuda")
     assert all(outcome == "SUCCESS" for outcome in results.values()), results
+
+
+@pytest.mark.gpu
+def test_triton_cuda_launch_configs_give_the_same_results():
+    differences = launch_config_differences(device="cuda")
+    assert all(d < 8e-3 for d in differences.values()), differences
 
 
 @pytest.mark.gpu

@@ -1,8 +1,8 @@
-"""Fused MLP (cuBLASLt GELU epilogues): the op against the unfused ``Mlp``, the primitives against
+"""Fused MLP (cuBLASLt GELU epilogues): the op against the unfused MLP, the primitives against
 their plain-PyTorch references, and cuBLASLt's GELU against both GELU forms.
 
 On the CPU the op runs the references: its value and every gradient are checked against the
-unfused ``Mlp`` (float64, float32, bfloat16 autocast), with ``opcheck`` and ``torch.compile``.
+unfused MLP (float64, float32, bfloat16 autocast), with ``opcheck`` and ``torch.compile``.
 The CUDA tests (skipped without a GPU) check each cuBLASLt primitive against its reference in
 bfloat16, cuBLASLt's GELU on exactly representable inputs in the negative tail (where the tanh and
 erf forms differ by 3-66%), and the op under autocast, ``torch.compile`` and CUDA-graph capture.
@@ -16,25 +16,45 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reed_image.models import cublaslt, fused_mlp
-from reed_image.models.fused_mlp import (
+from reed_kernels import cublaslt
+from reed_kernels.fused_mlp import (
     linear_gelu_aux_reference,
     matmul_dgelu_bgrad_reference,
     mlp_gelu,
 )
-from reed_image.models.sit import Mlp, SiT, SiTConfig
 
 BF16_ULP = 2.0**-7
 
 
-def make_mlps(dim: int, hidden: int, dtype=torch.float32, device="cpu", seed=0) -> tuple[Mlp, Mlp]:
-    """The unfused ``Mlp`` and a ``fused_mlp`` one with the same weights (fc1 bias spread 0.5, so
+class Mlp(torch.nn.Module):
+    """A transformer MLP ``fc2(gelu_tanh(fc1(x)))`` (SiT's), in plain PyTorch."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(dim, hidden)
+        self.act = torch.nn.GELU(approximate="tanh")
+        self.fc2 = torch.nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class FusedMlp(Mlp):
+    """The same parameters through ``mlp_gelu``; ``fc2_bias=False`` leaves fc2's bias out."""
+
+    def forward(self, x: torch.Tensor, fc2_bias: bool = True) -> torch.Tensor:
+        b2 = self.fc2.bias if fc2_bias else None
+        return mlp_gelu(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, b2)
+
+
+def make_mlps(dim: int, hidden: int, dtype=torch.float32, device="cpu", seed=0) -> tuple[Mlp, FusedMlp]:
+    """The unfused ``Mlp`` and a ``FusedMlp`` with the same weights (fc1 bias spread 0.5, so
     pre-activations reach both GELU tails)."""
     torch.manual_seed(seed)
     plain = Mlp(dim, hidden).to(device, dtype)
     torch.nn.init.normal_(plain.fc1.bias, std=0.5)
     torch.nn.init.normal_(plain.fc2.bias, std=0.5)
-    fused = Mlp(dim, hidden, fused_mlp=True).to(device, dtype)
+    fused = FusedMlp(dim, hidden).to(device, dtype)
     fused.load_state_dict(plain.state_dict())
     return plain, fused
 
@@ -157,10 +177,10 @@ def opcheck_results(device="cpu", dtype=torch.float32) -> dict[str, str]:
 
     x, w1, b1, w2, b2, dy = rand(M, D), rand(H, D), rand(H), rand(D, H), rand(D), rand(M, D)
     fwd_args = [t.clone().requires_grad_() for t in (x, w1, b1, w2, b2)]
-    _, pre, act = torch.ops.reed_image.mlp_gelu_fwd(x, w1, b1, w2, b2)
+    _, pre, act = torch.ops.reed_kernels.mlp_gelu_fwd(x, w1, b1, w2, b2)
     for name, op, args in (
-        ("fwd", torch.ops.reed_image.mlp_gelu_fwd, tuple(fwd_args)),
-        ("bwd", torch.ops.reed_image.mlp_gelu_bwd, (dy, x, w1, w2, pre, act)),
+        ("fwd", torch.ops.reed_kernels.mlp_gelu_fwd, tuple(fwd_args)),
+        ("bwd", torch.ops.reed_kernels.mlp_gelu_bwd, (dy, x, w1, w2, pre, act)),
     ):
         for util, outcome in torch.library.opcheck(op, args).items():
             results[f"{name}-{util}"] = outcome
@@ -184,7 +204,7 @@ def compiled_matches_eager(device: str, autocast_dtype=None) -> None:
     got, sources = run_and_get_code(value_and_grads, fused, x, dy, autocast_dtype, compiled_mlp)
     assert_all_close(got, eager, rtol=1e-5, atol=1e-5)
     generated = "\n".join(sources)
-    assert "reed_image.mlp_gelu_fwd" in generated and "reed_image.mlp_gelu_bwd" in generated
+    assert "reed_kernels.mlp_gelu_fwd" in generated and "reed_kernels.mlp_gelu_bwd" in generated
 
 
 def test_torch_compile_fullgraph_on_cpu():
@@ -192,54 +212,10 @@ def test_torch_compile_fullgraph_on_cpu():
     compiled_matches_eager("cpu")
 
 
-# ---------------------------------------------------------------- SiT wiring (CPU)
-
-
-def sit_config(**flags) -> SiTConfig:
-    return SiTConfig(
-        arch="SiT-S/4",
-        input_size=16,
-        in_channels=1,
-        num_classes=10,
-        depth=2,
-        hidden_size=32,
-        num_heads=2,
-        **flags,
-    )
-
-
-def test_fused_gelu_and_fused_mlp_together_are_a_config_error():
-    with pytest.raises(ValueError, match=r"model\.fused_gelu and model\.fused_mlp"):
-        SiT(sit_config(fused_gelu=True, fused_mlp=True))
-    with pytest.raises(ValueError, match="fused_gelu and fused_mlp"):
-        Mlp(8, 32, fused_gelu=True, fused_mlp=True)
-
-
-@pytest.mark.parametrize("converted", ["fc1", "fc2"])
-def test_fused_mlp_keeps_a_converted_linear_layer(converted, monkeypatch):
-    """An fc1 or fc2 swapped for another Linear class (as FP8 conversion does) runs the unfused path."""
-    import reed_image.models.sit as sit_module
-
-    class OtherLinear(torch.nn.Linear):
-        pass
-
-    plain, fused = make_mlps(8, 32)
-    x = torch.randn(2, 3, 8)
-    fused_calls = []
-    monkeypatch.setattr(sit_module, "mlp_gelu", lambda *a: fused_calls.append(1) or mlp_gelu(*a))
-    torch.testing.assert_close(fused(x), plain(x))
-    assert fused_calls == [1]
-    layer = getattr(plain, converted)
-    setattr(fused, converted, OtherLinear(layer.in_features, layer.out_features))
-    getattr(fused, converted).load_state_dict(layer.state_dict())
-    torch.testing.assert_close(fused(x), plain(x))
-    assert fused_calls == [1]
-
-
 # ---------------------------------------------------------------- binding checks (CPU)
 
 
-def test_binding_checks_leading_dimensions_device_and_method():
+def test_binding_checks_leading_dimensions_device_and_shapes():
     x, w, b = torch.randn(4, 12).bfloat16(), torch.randn(16, 12).bfloat16(), torch.randn(16).bfloat16()
     with pytest.raises(ValueError, match="K = 12 is not a multiple of 8"):
         cublaslt.linear_gelu_aux(x, w, b)
@@ -250,8 +226,6 @@ def test_binding_checks_leading_dimensions_device_and_method():
     dout, pre = torch.randn(4, 16).bfloat16(), torch.randn(4, 12).bfloat16()
     with pytest.raises(ValueError, match="N = 12 is not a multiple of 8"):
         cublaslt.matmul_dgelu_bgrad(dout, w, pre)
-    with pytest.raises(ValueError, match="bias_grad must be one of"):
-        cublaslt.matmul_dgelu_bgrad(dout, w, pre, bias_grad="fused")
 
 
 # ---------------------------------------------------------------- cuBLASLt (CUDA)
@@ -291,12 +265,11 @@ def test_cuda_linear_gelu_aux_matches_its_reference(M, K, N):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("bias_grad", cublaslt.BIAS_GRAD_METHODS)
 @pytest.mark.parametrize("M, N2, N", [(64, 128, 64), (1000, 136, 72), (4096, 1152, 4608)])
-def test_cuda_matmul_dgelu_bgrad_matches_its_reference(M, N2, N, bias_grad):
+def test_cuda_matmul_dgelu_bgrad_matches_its_reference(M, N2, N):
     dout, w, pre = bf16_inputs((M, N2), (N2, N), (M, N))
     w, pre = w * (1.0 / math.sqrt(N2)), pre * 2
-    dpre, dbias = cublaslt.matmul_dgelu_bgrad(dout, w, pre, bias_grad=bias_grad)
+    dpre, dbias = cublaslt.matmul_dgelu_bgrad(dout, w, pre)
     dpre_ref, dbias_ref = matmul_dgelu_bgrad_reference(dout, w, pre)
     assert dpre.dtype == dbias.dtype == torch.bfloat16 and dpre.shape == (M, N) and dbias.shape == (N,)
     assert worst_error_ratio(dpre, dpre_ref, BF16_ULP, 1e-3) <= 1.0
@@ -307,7 +280,6 @@ def test_cuda_matmul_dgelu_bgrad_matches_its_reference(M, N2, N, bias_grad):
 def every_candidate(monkeypatch, call) -> list:
     """``call()`` once with each autotuning candidate of its (one) plan forced, fresh plans each
     time; returns ``[(workspace_limit, result), ...]``."""
-    monkeypatch.setattr(cublaslt, "AUTOTUNE", "graph")
     pool, chosen, results = [], [0], []
 
     def pick(candidates, launch):
@@ -327,7 +299,7 @@ def every_candidate(monkeypatch, call) -> list:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("epilogue", ["gelu_aux", "dgelu_bgrad", "dgelu", "bias", "sum_a", "none"])
+@pytest.mark.parametrize("epilogue", ["gelu_aux", "dgelu", "bias", "sum_a", "none"])
 def test_cuda_every_autotuning_candidate_is_right(epilogue, monkeypatch):
     """Each algorithm the graph autotuner may pick, with a workspace and without one (launched
     without one: other kernels), matches the reference: a wrong launch setting of one of them
@@ -338,12 +310,9 @@ def test_cuda_every_autotuning_candidate_is_right(epilogue, monkeypatch):
     if epilogue == "gelu_aux":
         want = linear_gelu_aux_reference(x, w, b)
         results = every_candidate(monkeypatch, lambda: cublaslt.linear_gelu_aux(x, w, b))
-    elif epilogue.startswith("dgelu"):
-        bias_grad = "epilogue" if epilogue == "dgelu_bgrad" else "sum"
+    elif epilogue == "dgelu":
         want = matmul_dgelu_bgrad_reference(x, w.t().contiguous(), dy)
-        results = every_candidate(
-            monkeypatch, lambda: cublaslt.matmul_dgelu_bgrad(x, w.t().contiguous(), dy, bias_grad=bias_grad)
-        )
+        results = every_candidate(monkeypatch, lambda: cublaslt.matmul_dgelu_bgrad(x, w.t().contiguous(), dy))
     else:
         a = x.t() if epilogue == "sum_a" else x  # sum_a: the weight-gradient layout
         b_ = dy if epilogue == "sum_a" else w.t()
@@ -353,9 +322,8 @@ def test_cuda_every_autotuning_candidate_is_right(epilogue, monkeypatch):
         results = every_candidate(
             monkeypatch, lambda: cublaslt.matmul(a, b_, bias=bias, sum_a=epilogue == "sum_a")
         )
-    # both queries answered, except DGELU_BGRAD's without a workspace (not supported, cuBLAS 13.1)
-    limits = {0, cublaslt.WORKSPACE_BYTES} if epilogue != "dgelu_bgrad" else {cublaslt.WORKSPACE_BYTES}
-    assert {limit for limit, _ in results} == limits
+    # both queries answered: with the workspace and without one
+    assert {limit for limit, _ in results} == {0, cublaslt.WORKSPACE_BYTES}
     for limit, got in results:
         for g, w_ in zip(got, want, strict=True):
             if w_ is not None:
@@ -364,12 +332,12 @@ def test_cuda_every_autotuning_candidate_is_right(epilogue, monkeypatch):
 
 @pytest.mark.gpu
 def test_cuda_graph_autotuning_runs_and_caches_one_plan():
-    """The default autotuner (CUDA-graph timing over both candidate pools) leaves one cached plan
-    per call shape, and the call's result is right."""
+    """The autotuner (CUDA-graph timing over both candidate pools) leaves one cached plan per call
+    shape, and the call's result is right."""
     cublaslt._plans.clear()
     x, w, b = bf16_inputs((512, 64), (128, 64), (128,))
     out, pre = cublaslt.linear_gelu_aux(x, w, b)
-    assert cublaslt.AUTOTUNE == "graph" and len(cublaslt._plans) == 1
+    assert len(cublaslt._plans) == 1
     out_ref, pre_ref = linear_gelu_aux_reference(x, w, b)
     assert worst_error_ratio(out, out_ref, BF16_ULP, 1e-3) <= 1.0
     cublaslt.linear_gelu_aux(x, w, b)
@@ -432,16 +400,14 @@ def test_cuda_gelu_is_the_tanh_approximation():
     tanh_err, erf_err = max_rel_error(out[tail], tanh_form[tail]), max_rel_error(out[tail], erf_form[tail])
     assert tanh_err < 0.06 and erf_err > 5 * tanh_err, (tanh_err, erf_err)
 
-    # dpre = (dout W2) * gelu'(pre) with dout W2 = 1 exactly (one-hot W2 [16, 64], dout = 1); the
-    # DGELU_BGRAD epilogue (a separate epilogue kernel) and the DGELU one (in the GEMM) both
+    # dpre = (dout W2) * gelu'(pre) with dout W2 = 1 exactly (one-hot W2 [16, 64], dout = 1)
     dout = torch.ones(x.shape[0], 16, device="cuda", dtype=torch.bfloat16)
     w2 = w.t().contiguous()  # [16, 64]: (dout W2)[m, n] = dout[m, n % 16] = 1
-    for bias_grad in cublaslt.BIAS_GRAD_METHODS:
-        dpre, dbias = cublaslt.matmul_dgelu_bgrad(dout, w2, pre, bias_grad=bias_grad)
-        assert worst_error_ratio(dpre, d_tanh, BF16_ULP, 1e-3) <= 1.0, bias_grad
-        tanh_err, erf_err = max_rel_error(dpre[tail], d_tanh[tail]), max_rel_error(dpre[tail], d_erf[tail])
-        assert tanh_err < 0.06 and erf_err > 5 * tanh_err, (bias_grad, tanh_err, erf_err)
-        assert worst_error_ratio(dbias, d_tanh.sum(dim=0), 2 * BF16_ULP, 1e-3) <= 1.0, bias_grad
+    dpre, dbias = cublaslt.matmul_dgelu_bgrad(dout, w2, pre)
+    assert worst_error_ratio(dpre, d_tanh, BF16_ULP, 1e-3) <= 1.0
+    tanh_err, erf_err = max_rel_error(dpre[tail], d_tanh[tail]), max_rel_error(dpre[tail], d_erf[tail])
+    assert tanh_err < 0.06 and erf_err > 5 * tanh_err, (tanh_err, erf_err)
+    assert worst_error_ratio(dbias, d_tanh.sum(dim=0), 2 * BF16_ULP, 1e-3) <= 1.0
 
 
 @pytest.mark.gpu
@@ -470,15 +436,11 @@ def test_cuda_matmul_matches_float64_for_each_layout_and_epilogue(a_t, b_t, epil
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(
-    "gemms, bias_grad", [("cublaslt", "gemv")] + [("torch", m) for m in cublaslt.BIAS_GRAD_METHODS]
-)
+@pytest.mark.parametrize("rows", [256, 250], ids=["rows%8=0", "rows%8!=0"])  # all six GEMMs cuBLASLt, or 2
 @pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_cuda_op_under_autocast_matches_the_unfused_mlp(param_dtype, gemms, bias_grad, monkeypatch):
-    monkeypatch.setattr(cublaslt, "BIAS_GRAD", bias_grad)
-    monkeypatch.setattr(fused_mlp, "GEMMS", gemms)
+def test_cuda_op_under_autocast_matches_the_unfused_mlp(param_dtype, rows):
     plain, fused = make_mlps(256, 1024, param_dtype, device="cuda")
-    x, dy = torch.randn(4, 64, 256, device="cuda"), torch.randn(4, 64, 256, device="cuda")
+    x, dy = torch.randn(2, rows // 2, 256, device="cuda"), torch.randn(2, rows // 2, 256, device="cuda")
     want = value_and_grads(plain, x, dy, autocast_dtype=torch.bfloat16)
     got = value_and_grads(fused, x, dy, autocast_dtype=torch.bfloat16)
     plain64, _ = make_mlps(256, 1024, torch.float64, device="cuda")
@@ -552,17 +514,3 @@ def test_op_without_fc2_bias_leaves_it_to_the_caller(device):
     torch.testing.assert_close(y + fused.fc2.bias, with_bias[0], **tol)
     for got, want in zip(grads, with_bias[1:5], strict=True):
         torch.testing.assert_close(got, want, **tol)
-
-
-@pytest.mark.gpu
-def test_cuda_fc1_bias_gradient_by_gemv_matches_the_epilogue(monkeypatch):
-    _, fused = make_mlps(1152, 4608, dtype=torch.bfloat16, device="cuda")
-    x = torch.randn(2, 256, 1152, device="cuda", dtype=torch.bfloat16)
-    dy = torch.randn(2, 256, 1152, device="cuda", dtype=torch.bfloat16)
-    results = {}
-    for method in ("epilogue", "gemv"):
-        monkeypatch.setattr(fused_mlp, "FC1_BIAS_GRAD", method)
-        results[method] = value_and_grads(fused, x, dy)
-    for name, got, want in zip(NAMES, results["gemv"], results["epilogue"], strict=True):
-        scale = want.float().abs().max().item()
-        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * scale, msg=name)
