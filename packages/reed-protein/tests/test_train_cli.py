@@ -141,7 +141,9 @@ def test_design_command_errors(case, match, trained, data_dir, tmp_path, capsys)
         args[3] = str(tmp_path / "missing.pt")
     else:
         args += ["--fix", "5-1000"]
-    assert cli_main(args) == 2
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(args)
+    assert exit_.value.code == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "o.fa").exists()
 

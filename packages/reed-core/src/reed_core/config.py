@@ -250,11 +250,14 @@ def add_config_args(parser: argparse.ArgumentParser, presets: Mapping[str, Any])
 
 
 def config_from_args(cls: type[T], presets: Mapping[str, Callable[[], T]], args: argparse.Namespace) -> T:
-    """Resolve ``--preset``/``--config``/overrides; exits with the message on a bad config."""
+    """Resolve ``--preset``/``--config``/overrides; a bad config exits with status 2 and one
+    ``error:`` line naming the key (:func:`reed_core.cli.exit_with_error`)."""
+    from reed_core.cli import exit_with_error
+
     try:
         cfg = load_config(cls, presets, args.preset, args.config, args.overrides)
     except ConfigError as err:
-        sys.exit(f"error: {err}")
+        exit_with_error(err)
     if getattr(args, "print_config", False):
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         sys.exit(0)

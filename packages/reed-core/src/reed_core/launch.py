@@ -39,6 +39,7 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 from submitit.slurm.slurm import _make_sbatch_string
 
+from reed_core.cli import exit_with_error
 from reed_core.config import add_config_args, config_from_args
 
 # The dataclass field each --slurm-* flag sets; errors from SlurmConfig name the flag.
@@ -326,13 +327,13 @@ def launch_or_run(
     try:
         slurm_cfg = slurm_config_from_args(args)
     except SlurmConfigError as err:
-        sys.exit(f"error: {err}")
+        exit_with_error(err)
     if slurm_cfg is None:
         return main_fn(cfg)
     run_dir = run_dir if run_dir is not None else find_run_dir(cfg)
     if not run_dir:
-        sys.exit(
-            "error: --slurm: the config has no run_dir; set it so that a requeued job "
+        exit_with_error(
+            "--slurm: the config has no run_dir; set it so that a requeued job "
             "resumes from its checkpoint there"
         )
     if slurm_cfg.folder is None:
@@ -364,5 +365,6 @@ def train_config_from_args(
         try:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
         except ValueError as err:
-            sys.exit(f"error: {err}")
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in changes)
+            exit_with_error(f"{flags}: {err}")
     return cfg

@@ -532,7 +532,16 @@ class Trainer:
         cfg, is_main = self.cfg, self.dist.is_main
         if cfg.resume and self.ckpt_path.exists():
             self.load_state_dict(load_checkpoint(self.ckpt_path, self.device))
-            if is_main:
+            if is_main and self.step >= cfg.steps:
+                print(
+                    f"run {self.run_dir} is already complete at step {self.step} (train.steps={cfg.steps}): "
+                    f"nothing to train. Its outputs are in {self.run_dir.resolve()} (checkpoints/last.pt, "
+                    "metrics.jsonl, config.yaml). To train again, choose a new run folder "
+                    "(train.run_dir=DIR or --run-dir DIR), or set train.resume=false to start over here "
+                    "(overwrites its checkpoint); raise train.steps to continue this run.",
+                    flush=True,
+                )
+            elif is_main:
                 print(f"resumed from {self.ckpt_path} at step {self.step}", flush=True)
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

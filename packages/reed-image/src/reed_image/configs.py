@@ -46,6 +46,10 @@ class DataConfig:
     limit: int | None = None  # train on a fixed random subset of this size
     on_device: bool = True  # keep the whole image set on the training device
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit <= 0:
+            raise ValueError(f"data.limit: must be > 0 (or unset: every image), got {self.limit}")
+
 
 @dataclass(frozen=True)
 class TargetConfig:

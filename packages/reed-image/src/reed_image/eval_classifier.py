@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from reed_core.cli import main_guard
 from reed_image.data import load_source, to_unit_range
 from reed_image.models.classifier import Classifier, ClassifierConfig
 
@@ -108,6 +109,7 @@ def train_classifier(
     return model.eval(), info
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default: cache folder)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from reed_core.cli import main_guard
 from reed_core.config import add_config_args, config_from_args
 from reed_image.configs import PRESETS, ImageConfig
 from reed_image.data import load_source, to_unit_range
@@ -37,6 +38,7 @@ def build_evaluator(cfg: ImageConfig, device: str | torch.device = "cpu") -> Eva
     return Evaluator(classifier, to_unit_range(ref.images), batch_size=e.batch_size)
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p, PRESETS)

@@ -17,12 +17,14 @@ import sys
 
 import torch
 
+from reed_core.cli import main_guard
 from reed_core.config import add_config_args, config_from_args
 from reed_image.configs import PRESETS, ImageConfig
 from reed_image.data import load_source
 from reed_image.targets.build import ensure_store, store_root
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> dict[str, str]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p, PRESETS)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from reed_core.cli import main_guard
 from reed_core.config import ConfigError, add_config_args, load_config
 from reed_image.checkpoints import load_denoiser
 from reed_image.configs import PRESETS, ImageConfig
@@ -27,6 +28,7 @@ from reed_image.interpolants import Interpolant
 from reed_image.task import generate
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reed_core.cli import main_guard
 from reed_molecule.chem import get_vocab
 
 
@@ -43,6 +44,7 @@ def sdf_molecules(path: str, vocab):
     return out
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> dict:
     from reed_molecule.metrics import evaluate_molecules, frechet_chemnet_distance, valid_smiles_of
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reed_core.cli import main_guard
 from reed_core.config import add_config_args, config_from_args, config_from_dict
 from reed_core.launch import add_slurm_args, launch_or_run
 from reed_core.objective import ObjectiveOutput
@@ -185,6 +186,7 @@ def run(cfg: EncoderConfig):
     return Trainer(cfg.train, EncoderTask(cfg), experiment_config=cfg).fit()
 
 
+@main_guard
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(
         prog="python -m reed_molecule.pretrain_encoder",

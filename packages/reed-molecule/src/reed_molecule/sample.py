@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reed_core.cli import main_guard
 from reed_molecule.chem import NUM_BOND_CLASSES, get_vocab
 from reed_molecule.sampling import AtomCountDistribution, sample_molecules, write_sdf
 
@@ -65,6 +66,7 @@ def parse_num_atoms(text: str) -> np.ndarray:
         raise ValueError(f"--num-atoms: expected comma-separated integers, got {text!r}") from None
 
 
+@main_guard
 def main(argv: list[str] | None = None):
     p = argparse.ArgumentParser(
         prog="python -m reed_molecule.sample",

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reed_core.cli import main_guard
 from reed_molecule.data.arrays import MoleculeArrays
 
 CHEMNET_DIM = 512
@@ -268,6 +269,7 @@ def build_target_store(
     )
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Precompute alignment targets into a FeatureStore.")
     p.add_argument("--data", required=True, help="MoleculeArrays .npz")

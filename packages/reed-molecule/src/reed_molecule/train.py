@@ -14,16 +14,42 @@ Prepare the data and the target store first::
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from reed_core.cli import UserError, UserFileError, main_guard
 from reed_core.launch import add_train_args, launch_or_run, train_config_from_args
 from reed_core.train import Trainer
 from reed_molecule.configs import PRESETS, MoleculeConfig
 
 
 def run(cfg: MoleculeConfig) -> dict[str, float]:
+    from reed_molecule.data.arrays import MoleculeArrays
     from reed_molecule.task import MoleculeTask
 
-    return Trainer(cfg.train, MoleculeTask(cfg), experiment_config=cfg).fit()
+    check_inputs(cfg)
+    try:
+        arrays = MoleculeArrays.load(cfg.data.path)
+    except ValueError as err:  # not a MoleculeArrays file
+        raise UserError(f"data.path: {err}") from err
+    return Trainer(cfg.train, MoleculeTask(cfg, arrays), experiment_config=cfg).fit()
+
+
+def check_inputs(cfg: MoleculeConfig) -> None:
+    """The prepared data and target stores exist (checked before anything is written)."""
+    data = Path(cfg.data.path)
+    if not data.is_file():
+        raise UserFileError(
+            f"data.path: {data} does not exist; prepare QM9 with `python -m reed_molecule.data.qm9 "
+            f"--out {data}`, or point data.path at a MoleculeArrays .npz"
+        )
+    for name, target in cfg.targets.items():
+        if not (Path(target.store) / "meta.json").is_file():
+            kind = name if name in ("chemnet", "descriptors", "morgan", "unimol") else "KIND"
+            raise UserFileError(
+                f"targets.{name}.store: no feature store at {target.store!r}; build it with `python -m "
+                f"reed_molecule.targets --data {data} --target {kind} --out {target.store} --split "
+                f"{cfg.data.train_split}`, or leave the target out (--preset qm9_baseline)"
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     return add_train_args(parser, PRESETS)
 
 
+@main_guard
 def main(argv: list[str] | None = None):
     args = build_parser().parse_intermixed_args(argv)
     cfg = train_config_from_args(MoleculeConfig, PRESETS, args)

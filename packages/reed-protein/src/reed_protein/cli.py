@@ -18,17 +18,18 @@ from pathlib import Path
 
 import torch
 
+from reed_core.cli import UserError, main_guard
 from reed_protein.data.batch import collate
 from reed_protein.data.residues import decode
-from reed_protein.data.structure import StructureError, read_structure
+from reed_protein.data.structure import read_structure
 from reed_protein.models.mpnn import DiffusionMPNN
 from reed_protein.sample import SamplerConfig, sample
 
 DEFAULT_CHECKPOINT = "runs/protein/reed/checkpoints/last.pt"
 
 
-class CLIError(ValueError):
-    pass
+class CLIError(UserError, ValueError):
+    """A bad flag or file of the command line (``error:`` line, exit status 2)."""
 
 
 def load_denoiser(path: str | Path, weights: str = "ema", device: str = "cpu") -> DiffusionMPNN:
@@ -79,9 +80,30 @@ def parse_positions(text: str, length: int) -> torch.Tensor:
     return fixed
 
 
+def check_device(device: str) -> None:
+    """``--device`` names a device this machine has."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise CLIError(f"--device: unknown device {device!r}; use cpu or cuda (or cuda:N)") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(
+                f"--device {device}: this machine has no usable CUDA device "
+                "(torch.cuda.is_available() is false); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices here")
+
+
 def design(args: argparse.Namespace) -> int:
     if args.num < 1:
         raise CLIError(f"--num: must be >= 1, got {args.num}")
+    if args.steps < 1:
+        raise CLIError(f"--steps: must be >= 1 (unmasking steps), got {args.steps}")
+    if not args.temperature >= 0:  # also NaN
+        raise CLIError(f"--temperature: must be >= 0 (0: the most likely residue), got {args.temperature}")
+    check_device(args.device)
     chains = [c for part in args.chain for c in part.split(",") if c] if args.chain else None
     protein = read_structure(args.structure, chains)
     for note in protein.notes:
@@ -168,15 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> int:
+    """Bad input (a StructureError, a CLIError) ends in one ``error:`` line and exit status 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    try:
-        if args.command == "design":
-            return design(args)
-    except (StructureError, CLIError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.command == "design":
+        return design(args)
     return 1
 
 

@@ -124,6 +124,10 @@ class ProteinConfig:
     reed: ReedConfig = field(default_factory=ReedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, int) and self.epochs < 0:
+            raise ValueError(f"epochs: must be >= 0 (0: train for train.steps steps), got {self.epochs}")
+
 
 def proteinmpnn_targets(store_root: str = "") -> tuple[TargetConfig, ...]:
     """Paper recipe with ProteinMPNN features: encoder output -> structure (weight 1.0), decoder

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reed_core.cli import main_guard
 from reed_protein.data.batch import collate, token_batches
 from reed_protein.data.datasets import load_proteins
 from reed_protein.data.residues import decode
@@ -149,6 +150,7 @@ def refold_designs(designs: dict[str, list[str]], proteins: Sequence[Protein], f
     }
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m reed_protein.evaluate",

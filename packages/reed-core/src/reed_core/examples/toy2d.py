@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from reed_core.alignment import AlignmentTarget
+from reed_core.cli import main_guard
 from reed_core.curriculum import Curriculum, CurriculumConfig
 from reed_core.launch import add_train_args, launch_or_run, train_config_from_args
 from reed_core.model import ReedModel
@@ -178,6 +179,7 @@ def run(cfg: Toy2DConfig) -> dict[str, float]:
     return Trainer(cfg.train, ToyTask(cfg), experiment_config=cfg).fit()
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> dict[str, float] | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_train_args(parser, presets())

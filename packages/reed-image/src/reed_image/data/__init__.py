@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from reed_core.cli import UserError
 from reed_image.data.batch import ImageBatch, ImageSet, to_uint8, to_unit_range
 from reed_image.data.fashion_mnist import load_fashion_mnist
 from reed_image.data.image_folder import load_image_folder
@@ -28,16 +29,16 @@ def fit_resolution(images: ImageSet, resolution: int, mode: str = "pad") -> Imag
     resize: bilinear (antialiased) resize.
     """
     if mode not in FITS:
-        raise ValueError(f"data.fit: unknown {mode!r}; choose one of {FITS}")
+        raise UserError(f"data.fit: unknown {mode!r}; choose one of {FITS}")
     if images.kind != "pixel":
-        raise ValueError("data.fit: only pixel images can be padded or resized")
+        raise UserError("data.fit: only pixel images can be padded or resized")
     C, H, W = images.shape
     if (H, W) == (resolution, resolution):
         return images
     x = images.images
     if mode == "pad":
         if H > resolution or W > resolution:
-            raise ValueError(
+            raise UserError(
                 f"data.resolution {resolution} is smaller than the images ({H}x{W}); use fit=resize"
             )
         top, left = (resolution - H) // 2, (resolution - W) // 2
@@ -64,13 +65,13 @@ def load_source(
         return fit_resolution(load_fashion_mnist(split, path, download), resolution, fit), None
     if source == "imagefolder":
         if path is None:
-            raise ValueError("data.path: an imagefolder source needs a folder")
+            raise UserError("data.path: an imagefolder source needs a folder")
         root = Path(path)
         if (root / split).is_dir():
             root = root / split
         return load_image_folder(root, resolution, channels), None
     if source == "latents":
         if path is None:
-            raise ValueError("data.path: a latents source needs an .npz from encode_latents")
+            raise UserError("data.path: a latents source needs an .npz from encode_latents")
         return load_latents(path)
-    raise ValueError(f"data.source: unknown {source!r}; choose one of {SOURCES}")
+    raise UserError(f"data.source: unknown {source!r}; choose one of {SOURCES}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reed_core.cli import UserError, UserFileError
 from reed_image.data.batch import ImageSet
 
 CLASS_NAMES = [
@@ -45,14 +46,14 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as fh:
             raw = fh.read()
     except (OSError, EOFError) as err:
-        raise ValueError(f"Fashion-MNIST: cannot read {path} ({err})") from err
+        raise UserError(f"Fashion-MNIST: cannot read {path} ({err})") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"Fashion-MNIST: {path} is not an unsigned-byte IDX file")
+        raise UserError(f"Fashion-MNIST: {path} is not an unsigned-byte IDX file")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"Fashion-MNIST: {path} holds {data.size} bytes, header says {dims}")
+        raise UserError(f"Fashion-MNIST: {path} holds {data.size} bytes, header says {dims}")
     return data.reshape(dims)
 
 
@@ -78,7 +79,13 @@ def locate(path: str | Path | None = None, download: bool = False) -> Path:
             if _find(target, stem) is None:
                 urllib.request.urlretrieve(URL + stem + ".gz", target / (stem + ".gz"))
         return target
-    raise FileNotFoundError(
+    if path is not None:
+        raise UserFileError(
+            f"data.path: no Fashion-MNIST IDX files in {path} (expected {', '.join(stems)}, optionally "
+            ".gz); point data.path at the folder that holds them, leave it unset to use the Debian package "
+            "dataset-fashion-mnist, or add data.download=true on a machine with internet"
+        )
+    raise UserFileError(
         "Fashion-MNIST: IDX files not found in "
         + ", ".join(str(c) for c in candidates)
         + "; install the Debian package dataset-fashion-mnist, pass data.path, or set "
@@ -91,13 +98,13 @@ def load_fashion_mnist(
 ) -> ImageSet:
     """``ImageSet`` with uint8 images ``[N, 1, 28, 28]``; ids ``"fmnist-<split>-<index>"``."""
     if split not in FILES:
-        raise ValueError(f"data.split: unknown {split!r}; choose one of {tuple(FILES)}")
+        raise UserError(f"data.split: unknown {split!r}; choose one of {tuple(FILES)}")
     folder = locate(path, download)
     img_stem, lab_stem = FILES[split]
     images = read_idx(_find(folder, img_stem))  # (N, 28, 28)
     labels = read_idx(_find(folder, lab_stem))  # (N,)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"Fashion-MNIST in {folder}: images {images.shape} / labels {labels.shape}")
+        raise UserError(f"Fashion-MNIST in {folder}: images {images.shape} / labels {labels.shape}")
     return ImageSet(
         images=torch.from_numpy(images.copy()).unsqueeze(1),
         labels=torch.from_numpy(labels.astype(np.int64)),

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from reed_core.cli import UserError, UserFileError
 from reed_image.data.batch import ImageSet
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -28,13 +29,13 @@ def load_image_folder(root: str | Path, resolution: int, channels: int = 3) -> I
     """All images under ``root/<class>/``: uint8 ``[N, channels, resolution, resolution]``."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.path: image folder {root} does not exist")
+        raise UserFileError(f"data.path: image folder {root} does not exist")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
-        raise ValueError(f"data.path: {root} has no class sub-folders (expected root/<class>/<img>)")
+        raise UserError(f"data.path: {root} has no class sub-folders (expected root/<class>/<img>)")
     mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
-        raise ValueError(f"data.channels: must be 1 or 3 for an image folder, got {channels}")
+        raise UserError(f"data.channels: must be 1 or 3 for an image folder, got {channels}")
     arrays, labels, ids = [], [], []
     for label, cls in enumerate(classes):
         for path in sorted((root / cls).rglob("*")):
@@ -44,12 +45,12 @@ def load_image_folder(root: str | Path, resolution: int, channels: int = 3) -> I
                 with Image.open(path) as im:
                     arr = center_crop_arr(im.convert(mode), resolution)
             except OSError as err:
-                raise ValueError(f"data.path: cannot read image {path} ({err})") from err
+                raise UserError(f"data.path: cannot read image {path} ({err})") from err
             arrays.append(arr.reshape(resolution, resolution, channels).transpose(2, 0, 1))
             labels.append(label)
             ids.append(str(path.relative_to(root)))
     if not arrays:
-        raise ValueError(f"data.path: no images with extensions {sorted(EXTENSIONS)} under {root}")
+        raise UserError(f"data.path: no images with extensions {sorted(EXTENSIONS)} under {root}")
     return ImageSet(
         images=torch.from_numpy(np.stack(arrays)),
         labels=torch.tensor(labels, dtype=torch.int64),

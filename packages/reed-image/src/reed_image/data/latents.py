@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reed_core.cli import UserError, UserFileError
 from reed_image.data.batch import ImageSet, to_unit_range
 
 SD_VAE = "stabilityai/sd-vae-ft-ema"
@@ -65,7 +66,7 @@ def load_latents(path: str | Path) -> tuple[ImageSet, float]:
     """``(ImageSet of moments [N, 2C, h, w] float16, scaling_factor)`` from :func:`encode_latents`."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"data.path: latent file {path} does not exist")
+        raise UserFileError(f"data.path: latent file {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as f:
             moments = torch.from_numpy(f["moments"])
@@ -74,9 +75,9 @@ def load_latents(path: str | Path) -> tuple[ImageSet, float]:
             class_names = [str(c) for c in f["class_names"]]
             scaling = float(f["scaling_factor"])
     except (KeyError, ValueError, OSError) as err:
-        raise ValueError(f"data.path: {path} is not a latent file from encode_latents ({err})") from err
+        raise UserError(f"data.path: {path} is not a latent file from encode_latents ({err})") from err
     if moments.dim() != 4 or moments.shape[1] % 2:
-        raise ValueError(f"data.path: {path} moments have shape {tuple(moments.shape)}")
+        raise UserError(f"data.path: {path} moments have shape {tuple(moments.shape)}")
     images = ImageSet(moments, labels, ids, class_names, kind="latent", name=f"latents/{path.stem}")
     return images, scaling
 

@@ -79,6 +79,10 @@ class SiTConfig:
     def resolved(self) -> tuple[int, int, int, int]:
         """``(depth, hidden_size, num_heads, patch_size)``; checks the whole config."""
         size, patch = parse_arch(self.arch)
+        for name in ("depth", "hidden_size", "num_heads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"model.{name}: must be >= 1 (or unset: {self.arch}'s), got {value}")
         depth, hidden, heads = SIZES[size]
         depth = self.depth or depth
         hidden = self.hidden_size or hidden

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reed_core.cli import UserError, UserFileError
 from reed_molecule.chem import Vocab, get_vocab
 
 SPLITS = ("train", "val", "test")
@@ -175,7 +176,7 @@ class MoleculeArrays:
     def load(cls, path: str | Path) -> MoleculeArrays:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"molecule arrays {path}: no such file (prepare it with "
                 "`python -m reed_molecule.data.qm9 --out FILE`)"
             )
@@ -198,4 +199,7 @@ class MoleculeArrays:
                 splits=splits,
             )
         except (KeyError, ValueError, OSError) as err:
-            raise ValueError(f"molecule arrays {path}: not a valid MoleculeArrays file ({err})") from err
+            raise UserError(
+                f"molecule arrays {path}: not a MoleculeArrays file ({type(err).__name__}: {err}); prepare "
+                "one with `python -m reed_molecule.data.qm9 --out FILE`"
+            ) from err

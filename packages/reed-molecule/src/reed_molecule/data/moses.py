@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reed_core.cli import main_guard
 from reed_molecule.data.arrays import MoleculeArrays
 from reed_molecule.data.sdf import from_smiles
 
@@ -51,6 +52,7 @@ def build_moses(limit: int = 10000, seed: int = 0) -> MoleculeArrays:
     return arrays
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reed_core.cli import main_guard
 from reed_molecule.chem import QM9_VOCAB, mol_to_arrays, smiles_of
 from reed_molecule.data.arrays import MoleculeArrays
 
@@ -171,6 +172,7 @@ def build_qm9(
     return arrays, report
 
 
+@main_guard
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="output .npz (MoleculeArrays)")

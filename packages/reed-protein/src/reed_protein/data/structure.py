@@ -15,6 +15,11 @@ What the reader does with imperfect files (each case is reported in ``Protein.no
 * missing residues (a gap in numbering or a C(i)-N(i+1) distance over 2.0 A) start a new segment,
   and the residue index jumps by the number of missing residues;
 * chains without amino acids (DNA, ligands, water) are skipped.
+
+A PDB file that was cut off (a download or copy that stopped early) is refused with a
+:class:`StructureError` rather than read in part: its last line is an incomplete ATOM record, or it
+ends on coordinates (no TER/END after them) and its last residue lacks backbone atoms, a chain its
+SEQRES records list has no atoms, or its last chain has fewer residues than SEQRES lists.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reed_core.cli import UserError
 from reed_protein.data.residues import ALPHABET, UNK, decode, parent_letter
 
 log = logging.getLogger(__name__)
@@ -43,7 +49,7 @@ PEPTIDE_BOND_MAX = 2.0  # A; a C(i)-N(i+1) distance above this is a chain break
 BLANK_CHAIN = "_"  # name given to chains with an empty chain id
 
 
-class StructureError(ValueError):
+class StructureError(UserError, ValueError):
     """A structure file that cannot be used; the message names the file and the problem."""
 
 
@@ -146,6 +152,60 @@ def _read_bytes(path: Path, compression: str | None) -> bytes:
     return raw
 
 
+def pdb_truncation(text: str) -> str | None:
+    """Why the PDB ``text`` looks cut off before its end, or ``None`` (see the module docstring).
+
+    A file that ends on an ATOM/HETATM/ANISOU record without a TER or END is normal for many
+    tools, so it only counts together with an incomplete last residue or a SEQRES mismatch."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    records = [line for line in lines if line.startswith(("ATOM  ", "HETATM"))]
+    if not records:
+        return None
+    last = lines[-1]
+    ends_open = last.startswith(("ATOM  ", "HETATM", "ANISOU"))
+    if ends_open and last.startswith(("ATOM  ", "HETATM")):
+        try:
+            [float(last[c : c + 8]) for c in (30, 38, 46)]
+        except ValueError:
+            return f"its last line is an incomplete {last[:6].strip()} record: {last.strip()!r}"
+    if not ends_open:
+        return None
+    first_model = []
+    for line in lines:
+        if line.startswith("ENDMDL"):
+            break
+        if line.startswith(("ATOM  ", "HETATM")):
+            first_model.append(line)
+    seqres: dict[str, int] = {}
+    for line in lines:
+        if line.startswith("SEQRES") and line[13:17].strip().isdigit():
+            seqres[line[11]] = int(line[13:17])
+    chain = records[-1][21]
+    residue = [r for r in records if r[17:27] == records[-1][17:27]]
+    names = {r[12:16].strip() for r in residue}
+    missing = [a for a in BACKBONE if a not in names]
+    if parent_letter(records[-1][17:20].strip()) is not None and missing:
+        return (
+            f"it ends inside residue {records[-1][17:20].strip()} {records[-1][22:27].strip()} of "
+            f"chain {chain!r}, which has no {'/'.join(missing)} atoms, with no TER or END record"
+        )
+    with_atoms = {r[21] for r in first_model}
+    absent = [c for c in seqres if c not in with_atoms]
+    if absent:
+        return (
+            f"SEQRES lists chain {', '.join(map(repr, absent))} but the file has no atoms for it, "
+            "and it ends without a TER or END record"
+        )
+    if chain in seqres:
+        residues = {r[22:27] for r in first_model if r[21] == chain and parent_letter(r[17:20].strip())}
+        if len(residues) < seqres[chain]:
+            return (
+                f"chain {chain!r} has {len(residues)} residues with atoms of the {seqres[chain]} its "
+                "SEQRES lists, and the file ends without a TER or END record"
+            )
+    return None
+
+
 def _load_atoms(path: Path):
     """First model as a biotite ``AtomArray`` with occupancy-resolved alternate locations."""
     with warnings.catch_warnings():  # biotite warns about guessed elements and fallback fields
@@ -166,6 +226,11 @@ def _load_atoms_quiet(path: Path):
             text = raw.decode("utf-8", errors="replace")
             if not any(line.startswith(("ATOM", "HETATM")) for line in text.splitlines()):
                 raise StructureError(f"{path}: no ATOM/HETATM records; is this a PDB file?")
+            truncated = pdb_truncation(text)
+            if truncated:
+                raise StructureError(
+                    f"{path}: the file looks truncated ({truncated}); download or export it again"
+                )
             handle = pdb.PDBFile.read(io.StringIO(text))
             n_models = handle.get_model_count()
             atoms = handle.get_structure(model=1, altloc="all", extra_fields=["occupancy"])
