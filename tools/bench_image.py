@@ -3,6 +3,8 @@
     python tools/bench_image.py                          # SiT-XL/2, batch 64, 32x32x4, 2 targets
     python tools/bench_image.py --arch SiT-B/2 --no-compile
     python tools/bench_image.py --tiny --device cpu --steps 3 --warmup 1   # CPU smoke test
+    python tools/bench_image.py --kernels fused-fa4 --residual-dtype autocast --fused-update on \
+        --param-dtype bfloat16 --cuda-graph --compile-regions 'denoiser.blocks.*' aligner   # the fastest
 
 The step is the real one: ``ImageTask.batch`` + ``Trainer.train_step`` (bf16 autocast,
 ``torch.compile``, fused AdamW, foreach EMA, grad clipping, no host sync inside the step), with two
@@ -12,6 +14,8 @@ Latents, labels and target features are random (throughput does not depend on th
 
 Prints images/s, peak memory and the achieved TFLOP/s of the transformer blocks' matmuls
 (QKV, attention scores and values, output projection, MLP; forward x3 for forward + backward).
+The model's speed is ``--kernels`` (``model.kernels``: the plain SiT, or FusedSiT through
+reed-kernels) and ``--residual-dtype``; the rest are the trainer's speed options.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from reed_core.features import FeatureStoreWriter
 from reed_core.float8 import FLOAT8_RECIPES
 from reed_core.train import FUSED_UPDATE, PARAM_DTYPES, Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
-from reed_image.models import cublaslt, cublaslt_plans, flash_attention, fused_adaln, fused_mlp, sit
-from reed_image.models.sit import ATTENTION_CHOICES, SiTConfig
+from reed_image.models import sit
+from reed_image.models.sit import KERNELS, RESIDUAL_DTYPES, SiTConfig
 
 
 def block_matmul_flops(depth: int, hidden: int, tokens: int, mlp_ratio: float = 4.0) -> float:
@@ -116,23 +120,14 @@ def main() -> None:
         metavar="PATTERN",
         help="compile only these submodules (train.compile_regions), e.g. 'denoiser.blocks.*' 'aligner'",
     )
-    p.add_argument("--attention", default="auto", choices=list(ATTENTION_CHOICES), help="SDPA kernel, or fa4")
+    p.add_argument(
+        "--kernels",
+        default="none",
+        choices=KERNELS,
+        help="model.kernels: none (the plain SiT), fused (FusedSiT: reed-kernels' fused adaLN chain, "
+        "cuBLASLt MLP and Linears), fused-fa4 (and the packed FlashAttention-4 attention)",
+    )
     p.add_argument("--fused-update", default="auto", choices=FUSED_UPDATE, help="clip+AdamW+EMA in one pass")
-    p.add_argument(
-        "--fused-adaln",
-        action="store_true",
-        help="residual add + LayerNorm + modulate as one Triton kernel each way (model.fused_adaln)",
-    )
-    p.add_argument(
-        "--fused-gelu",
-        action="store_true",
-        help="MLP bias add + GELU (and its bias gradient) as one Triton kernel each way (model.fused_gelu)",
-    )
-    p.add_argument(
-        "--fused-mlp",
-        action="store_true",
-        help="the MLP's bias + GELU and its backward in cuBLASLt GEMM epilogues (model.fused_mlp)",
-    )
     p.add_argument(
         "--float8",
         default="off",
@@ -156,39 +151,9 @@ def main() -> None:
         help="the EMA step one step late, on a side stream beside forward/backward (train.ema_overlap)",
     )
     p.add_argument(
-        "--fc1-bias-grad",
-        default=None,
-        choices=("epilogue", "gemv"),
-        help="fused_mlp: fc1's bias gradient by a gemv or in the dW1 GEMM's epilogue (default: "
-        "fused_mlp.FC1_BIAS_GRAD)",
-    )
-    p.add_argument(
-        "--cublaslt-autotune",
-        default=None,
-        choices=cublaslt.AUTOTUNE_METHODS,
-        help="how cuBLASLt plans pick their algorithm: timed inside a CUDA graph, with workspace-free "
-        "candidates too, or timed on the stream (default: cublaslt.AUTOTUNE)",
-    )
-    p.add_argument(
-        "--cublaslt-candidates",
-        type=int,
-        default=None,
-        metavar="N",
-        help="how many of the heuristic's algorithms (per query) cuBLASLt plans time before picking "
-        "one (default: cublaslt.AUTOTUNE_CANDIDATES)",
-    )
-    p.add_argument(
-        "--cublaslt-memset-penalty",
-        type=float,
-        default=None,
-        metavar="US",
-        help="graph autotuning: microseconds added for a candidate that needs a workspace memset "
-        "(default: cublaslt.MEMSET_PENALTY_US)",
-    )
-    p.add_argument(
         "--residual-dtype",
         default="float32",
-        choices=sit.RESIDUAL_DTYPES,
+        choices=RESIDUAL_DTYPES,
         help="the residual stream's dtype (model.residual_dtype): float32, or the autocast dtype (bf16)",
     )
     p.add_argument(
@@ -196,63 +161,16 @@ def main() -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="load cuBLASLt plans (algorithms) from FILE before the first step (cublaslt_plans.load_plans)",
+        help="with --kernels: load cuBLASLt plans (algorithms) from FILE before the first step "
+        "(reed_kernels.cublaslt_plans.load_plans; model.cublaslt_plans in training)",
     )
     p.add_argument(
         "--save-cublaslt-plans",
         type=Path,
         default=None,
         metavar="FILE",
-        help="after timing, write the cuBLASLt plans to FILE (JSON; --cublaslt-plans reads it)",
-    )
-    p.add_argument(
-        "--adaln-partial-sums",
-        default=None,
-        choices=("kernel", "torch"),
-        help="fused_adaln: finish the backward's partial sums in one Triton kernel or by a torch "
-        "sum each (default: fused_adaln.FINISH_PARTIAL_SUMS)",
-    )
-    p.add_argument(
-        "--no-deferred-biases",
-        action="store_true",
-        help="keep proj's and fc2's biases in their GEMMs (sit.DEFER_BRANCH_BIASES off; fused_adaln)",
-    )
-    p.add_argument(
-        "--torch-attention-linears",
-        action="store_true",
-        help="with --fused-mlp: the attention's qkv and proj Linears through PyTorch, not the "
-        "autotuned cuBLASLt GEMMs (sit.CUBLASLT_ATTENTION_LINEARS off)",
-    )
-    p.add_argument(
-        "--torch-adaln-linears",
-        action="store_true",
-        help="with --fused-mlp --fused-adaln: the adaLN modulation Linears through PyTorch, not the "
-        "autotuned cuBLASLt GEMMs (sit.CUBLASLT_ADALN_LINEARS off)",
-    )
-    p.add_argument(
-        "--conv-patch-embed",
-        action="store_true",
-        help="the patch embedding as SiT's Conv2d, not one Linear on the flattened patches "
-        "(sit.PATCH_EMBED = conv)",
-    )
-    p.add_argument(
-        "--no-fold-qkv-bias",
-        action="store_true",
-        help="attention fa4: the qkv bias gradient by autograd's reduction, not from the attention "
-        "backward (sit.FOLD_QKV_BIAS_GRAD off)",
-    )
-    p.add_argument(
-        "--fa4-prepost",
-        default=None,
-        choices=("triton", "fa4"),
-        help="attention fa4: the backward's pre/postprocess (default: flash_attention.PREPOST)",
-    )
-    p.add_argument(
-        "--fa4-backward-config",
-        default=None,
-        metavar="JSON",
-        help="attention fa4: changes to FlashAttention-4's backward configuration, a JSON dict of "
-        "BwdConfig fields (flash_attention.BACKWARD_CONFIG)",
+        help="with --kernels: after timing, write the cuBLASLt plans to FILE (JSON; --cublaslt-plans "
+        "reads it)",
     )
     p.add_argument(
         "--inductor",
@@ -271,21 +189,11 @@ def main() -> None:
         help="after timing, profile 5 more steps and write the kernel table (by GPU time) here",
     )
     args = p.parse_args()
-    sit.DEFER_BRANCH_BIASES = not args.no_deferred_biases
-    sit.FOLD_QKV_BIAS_GRAD = not args.no_fold_qkv_bias
-    sit.CUBLASLT_ATTENTION_LINEARS = not args.torch_attention_linears
-    sit.CUBLASLT_ADALN_LINEARS = not args.torch_adaln_linears
-    sit.PATCH_EMBED = "conv" if args.conv_patch_embed else sit.PATCH_EMBED
-    flash_attention.PREPOST = args.fa4_prepost or flash_attention.PREPOST
-    if args.fa4_backward_config:
-        flash_attention.BACKWARD_CONFIG = json.loads(args.fa4_backward_config)
-    fused_mlp.FC1_BIAS_GRAD = args.fc1_bias_grad or fused_mlp.FC1_BIAS_GRAD
-    cublaslt.AUTOTUNE = args.cublaslt_autotune or cublaslt.AUTOTUNE
-    if args.cublaslt_candidates is not None:
-        cublaslt.AUTOTUNE_CANDIDATES = args.cublaslt_candidates
-    if args.cublaslt_memset_penalty is not None:
-        cublaslt.MEMSET_PENALTY_US = args.cublaslt_memset_penalty
-    fused_adaln.FINISH_PARTIAL_SUMS = args.adaln_partial_sums or fused_adaln.FINISH_PARTIAL_SUMS
+    if args.kernels == "none" and (args.cublaslt_plans or args.save_cublaslt_plans):
+        p.error("--cublaslt-plans, --save-cublaslt-plans: the plain model runs no cuBLASLt GEMMs (--kernels)")
+    cublaslt_plans = None
+    if args.kernels != "none":
+        from reed_kernels import cublaslt_plans
     device = torch.device(args.device)
     inductor = {}
     for item in args.inductor:
@@ -306,10 +214,7 @@ def main() -> None:
         input_size=32,
         in_channels=4,
         num_classes=1000,
-        attention=args.attention,
-        fused_adaln=args.fused_adaln,
-        fused_gelu=args.fused_gelu,
-        fused_mlp=args.fused_mlp,
+        kernels=args.kernels,
         residual_dtype=args.residual_dtype,
     )
     if args.tiny:
@@ -392,29 +297,17 @@ def main() -> None:
         "batch": args.batch,
         "compile": False if args.no_compile else args.compile_mode,
         "compile_regions": trainer.compiled_regions[:2] + ["..."] * (len(trainer.compiled_regions) > 2),
-        "attention": args.attention,
         "fused_update": trainer.fused_update is not None,
-        "fused_adaln": args.fused_adaln,
-        "fused_gelu": args.fused_gelu,
-        "fused_mlp": args.fused_mlp,
-        "deferred_biases": sit.DEFER_BRANCH_BIASES,
-        "fold_qkv_bias_grad": sit.FOLD_QKV_BIAS_GRAD,
-        "cublaslt_attention_linears": sit.CUBLASLT_ATTENTION_LINEARS and args.fused_mlp,
-        "cublaslt_adaln_linears": sit.CUBLASLT_ADALN_LINEARS and args.fused_mlp and args.fused_adaln,
-        "patch_embed": sit.PATCH_EMBED,
+        "kernels": args.kernels,
+        "model_class": type(task.denoiser).__name__,
         "residual_dtype": args.residual_dtype,
-        "fa4_prepost": flash_attention.PREPOST,
-        "fa4_backward_config": flash_attention.BACKWARD_CONFIG,
-        "fc1_bias_grad": fused_mlp.FC1_BIAS_GRAD,
-        "cublaslt_autotune": cublaslt.AUTOTUNE,
-        "cublaslt_memset_penalty_us": cublaslt.MEMSET_PENALTY_US,
-        "cublaslt_candidates": cublaslt.AUTOTUNE_CANDIDATES,
         "cublaslt_plans": (
             f"loaded {plans_loaded} from {args.cublaslt_plans}"
             if args.cublaslt_plans
             else "autotuned per plan"
+            if args.kernels != "none"
+            else None
         ),
-        "adaln_partial_sums": fused_adaln.FINISH_PARTIAL_SUMS,
         "ema_overlap": args.ema_overlap,
         "float8": args.float8,
         "float8_layers": len(trainer.float8_layers),
@@ -424,6 +317,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         # which sources ran (relative to the working directory): an A/B of two checkouts shows here
         "sit_source": os.path.relpath(sit.__file__),
+        "kernels_source": os.path.relpath(cublaslt_plans.__file__) if cublaslt_plans else None,
         "images_per_s": round(images_per_s, 1),
         "step_ms": round(1000 * elapsed / args.steps, 2),
         "peak_memory_GiB": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # A/B of two source trees on one GPU: one bench_image.py process per run, alternating A, B, A, B...
 # in one call, so that both sides see the same machine (machines differ by up to 2%, and one
-# drifts over minutes). Each side is a folder holding packages/reed-core/src and
-# packages/reed-image/src (this checkout is "."; another commit: git archive REV packages | tar -x
-# -C old). Every run's JSON must name its side's sit.py (bench_image.py's sit_source), else the
-# script fails: the ninth session's A/B calls ran the new code on both sides without noticing.
+# drifts over minutes). Each side is a folder holding packages/reed-core/src,
+# packages/reed-kernels/src and packages/reed-image/src (this checkout is "."; another commit:
+# git archive REV packages | tar -x -C old). Every run's JSON must name its side's sit.py
+# (bench_image.py's sit_source) and, with kernels, its side's reed-kernels (kernels_source), else
+# the script fails: the ninth session's A/B calls ran the new code on both sides without noticing.
 #
 #     git archive HEAD~1 packages | tar -x -C /tmp/old
-#     A=/tmp/old B=. RUNS=3 VARIANT=p1 OUT=runs/ab REGIONS="denoiser.blocks.* aligner" \
-#         ATTENTION=auto bash tools/image_speed_ab.sh
+#     A=/tmp/old B=. RUNS=3 VARIANT=pr OUT=runs/ab REGIONS="denoiser.blocks.* aligner" \
+#         bash tools/image_speed_ab.sh
 #
-# tools/bench_image.py and the sweep are this checkout's: the other tree's modules must have the
-# switches bench_image.py sets (sit.PATCH_EMBED since 5e49e63, for instance).
+# tools/bench_image.py and the sweep are this checkout's: the other tree's modules must take the
+# options bench_image.py passes (model.kernels, reed-kernels: since the package split).
 #
 # Prints one line per run (side, images/s, step ms, sit.py) and each side's mean; the runs' JSONs
-# are in $OUT/<side><run>/. Other variables (ATTENTION, LIMIT, REGIONS, PYTHON, PROFILE) go to
+# are in $OUT/<side><run>/. Other variables (EXTRA, LIMIT, REGIONS, PYTHON, PROFILE) go to
 # tools/image_speed_sweep.sh.
 set -uo pipefail
 A="${A:?A: the first source tree (a folder with packages/)}"
@@ -34,7 +35,8 @@ for run in $(seq 1 "$RUNS"); do
     for side in A B; do
         tree="${!side}"
         dir="$OUT/$side$run"
-        SRC="$tree/packages/reed-core/src:$tree/packages/reed-image/src" OUT="$dir" VARIANTS="$VARIANT" \
+        SRC="$tree/packages/reed-core/src:$tree/packages/reed-kernels/src:$tree/packages/reed-image/src" \
+            OUT="$dir" VARIANTS="$VARIANT" \
             bash tools/image_speed_sweep.sh > "$dir.log" 2>&1
     done
 done
@@ -53,6 +55,11 @@ for run in range(1, runs + 1):
         got = os.path.realpath(result.get("sit_source", "?"))  # relative to this folder, as bench wrote it
         if got != want:
             sys.exit(f"image_speed_ab: {side}{run} ran {got}, not {want}")
+        if result.get("kernels_source"):
+            kernels = os.path.realpath(os.path.join(trees[side], "packages/reed-kernels/src"))
+            ran = os.path.realpath(result["kernels_source"])
+            if not ran.startswith(kernels + os.sep):
+                sys.exit(f"image_speed_ab: {side}{run} ran the kernels of {ran}, not of {kernels}")
         speeds[side].append(result["images_per_s"])
         print(f"{side}{run}: {result['images_per_s']:.1f} images/s  {result['step_ms']:.2f} ms  {got}")
 for side in "AB":

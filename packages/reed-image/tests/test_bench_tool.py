@@ -33,8 +33,8 @@ def test_bench_tool_tiny_cpu(tmp_path):
             "1",
             "--fused-update",
             "on",
-            "--fused-adaln",
-            "--fused-gelu",
+            "--kernels",
+            "fused-fa4",
             "--float8",
             "tensorwise",
             "--json",
@@ -48,7 +48,9 @@ def test_bench_tool_tiny_cpu(tmp_path):
     result = json.loads(out.read_text())
     assert result["images_per_s"] > 0 and result["final_loss"] > 0
     assert result["block_matmul_TFLOP_per_s"] >= 0 and result["batch"] == 4
-    assert result["fused_update"] is True and result["fused_adaln"] is True and result["fused_gelu"] is True
+    assert result["fused_update"] is True and result["kernels"] == "fused-fa4"
+    assert result["model_class"] == "FusedSiT" and result["kernels_source"].endswith("cublaslt_plans.py")
+    # FP8 layers in the fused model: converted Linears keep their own forward (CPU: kernel references)
     assert result["float8"] == "tensorwise" and result["float8_layers"] == 4 * 4  # qkv, proj, fc1, fc2
 
 
