@@ -36,11 +36,11 @@ mkdir -p "$OUT" "$WORK" "$FINAL"
 
 DATA="data.path=$CARRY/fashion-mnist"
 LOCATION=${LOCATION:-device}  # where training keeps the target tables (device: GPU gather)
-TARGETS="objective.targets.vision.store=$WORK/features/vision \
- objective.targets.vision.checkpoint=$CARRY/efficientnet-lite0.pth \
- objective.targets.caption.store=$WORK/features/caption \
- objective.targets.caption.encoder=table:$CARRY/captions.npz \
- objective.targets.vision.location=$LOCATION objective.targets.caption.location=$LOCATION"
+TARGETS="reed.targets.vision.store=$WORK/features/vision \
+ reed.targets.vision.checkpoint=$CARRY/efficientnet-lite0.pth \
+ reed.targets.caption.store=$WORK/features/caption \
+ reed.targets.caption.encoder=table:$CARRY/captions.npz \
+ reed.targets.vision.location=$LOCATION reed.targets.caption.location=$LOCATION"
 
 if [ ! -f "$CLASSIFIER" ]; then
   CLASSIFIER=$OUT/fmnist-classifier-32.pt
@@ -59,7 +59,7 @@ for v in $VARIANTS; do
   preset=fmnist-$v
   extra=""
   case $v in
-    reed-nowarmup) preset=fmnist-reed; extra="objective.curriculum.w_diff.kind=constant" ;;
+    reed-nowarmup) preset=fmnist-reed; extra="reed.curriculum.w_diff.kind=constant" ;;
   esac
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} timeout "$TRAIN_TIMEOUT" $PY -m reed_image.train --preset "$preset" $DATA $TARGETS $extra $EXTRA \
     train.run_dir="$WORK/runs/$v" train.steps="$STEPS" train.eval_every="$EVAL_EVERY" \

@@ -58,7 +58,7 @@ def main() -> None:
     t0 = time.time()
     cfg = fmnist_reed()
     images = fit_resolution(load_fashion_mnist("train"), cfg.data.resolution, cfg.data.fit)
-    table = caption_table("caption", cfg.objective.targets["caption"], images)
+    table = caption_table("caption", cfg.reed.targets["caption"], images)
     np.savez_compressed(out / "captions.npz", **table)
     print(
         f"captions: {len(table['sentences'])} distinct sentences for {len(images)} images, "

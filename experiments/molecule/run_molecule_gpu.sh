@@ -36,7 +36,7 @@ python3 -m reed_molecule.targets --data "$DATA" --target chemnet --out "$RUNS/ch
     --split train --device "${DEVICE:-cuda}" --batch-size 1024 --overwrite 2>&1 | tr '\r' '\n' | tail -n 2 | tee "$OUT/targets.log"
 echo "ChemNet targets took $(( $(date +%s) - t0 )) s"
 timeout --signal=INT "$SECONDS_TRAIN" python3 -m reed_molecule.train --preset qm9_budget_reed \
-    --run-dir "$RUNS/reed" targets.chemnet.store="$RUNS/chemnet" "${COMMON[@]}" >"$OUT/reed.log" 2>&1 &
+    --run-dir "$RUNS/reed" reed.targets.chemnet.store="$RUNS/chemnet" "${COMMON[@]}" >"$OUT/reed.log" 2>&1 &
 PID_REED=$!
 wait $PID_BASE || echo "baseline exited with $? (124/130 = stopped at the time limit)"
 wait $PID_REED || echo "reed exited with $? (124/130 = stopped at the time limit)"

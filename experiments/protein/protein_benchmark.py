@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 
 from reed_core.config import config_from_dict, config_to_dict, parse_override, save_config
+from reed_core.curriculum import CurriculumConfig
+from reed_core.schedules import cosine_decay, linear_warmup
 from reed_core.train import Trainer
-from reed_protein.configs import EvalConfig, ProteinConfig, ReedConfig, baseline, reed
+from reed_protein.configs import EvalConfig, ProteinConfig, baseline, reed
 from reed_protein.configs import proteinmpnn_targets as pm_targets
 from reed_protein.data.datasets import load_proteins
 from reed_protein.evaluate import evaluate_model
@@ -53,17 +55,18 @@ def cmd_stores(args: argparse.Namespace) -> None:
 
 def configure(base: ProteinConfig, args, name: str, epochs: int, every: int) -> ProteinConfig:
     data = replace(base.data, source="npz", path=args.data, max_tokens=args.max_tokens)
-    targets = pm_targets(args.stores) if base.reed.targets else ()
-    curriculum = (
-        dict(diffusion_warmup_epochs=round(epochs / 6), align_decay_epochs=round(2 * epochs / 3))
-        if targets
-        else dict(diffusion_warmup_epochs=0, align_decay_epochs=0)
-    )
+    targets = pm_targets(args.stores) if base.reed.targets else {}
+    curriculum = CurriculumConfig(unit="epoch")  # the baseline: constant weights
+    warmup, decay = round(epochs / 6), round(2 * epochs / 3)
+    if targets and warmup:
+        curriculum = replace(curriculum, w_diff=linear_warmup(0, warmup))
+    if targets and decay:
+        curriculum = replace(curriculum, w_align=cosine_decay(0, decay))
     cfg = replace(
         base,
         epochs=epochs,
         data=data,
-        reed=ReedConfig(targets=targets, **curriculum),
+        reed=replace(base.reed, targets=targets, curriculum=curriculum),
         train=replace(
             base.train,
             run_dir=f"{args.runs}/{name}",

@@ -51,11 +51,14 @@ def test_resolved_config_round_trips(tmp_path):
     [
         ("train.lrr=1", "train.lrr: unknown key for TrainConfig"),
         ("train.steps=many", "train.steps: expected an integer, got 'many'"),
-        ("train.compile=perhaps", "train.compile: expected true or false"),
+        ("train.speed.compile=perhaps", "train.speed.compile: expected true or false"),
+        ("train.compile=true", "train.compile was renamed train.speed.compile"),
+        ("train.ema_overlap=true", "train.ema_overlap was removed"),
         ("train.batch_size=-4", "train.batch_size: must be > 0"),
         ("curriculum.unit=minute", "curriculum.unit"),
-        ("train.compile_mode=fast", "train.compile_mode: unknown 'fast'"),
-        ("nested.key=1", "nested: unknown key or not a table"),
+        ("train.speed.compile_mode=fast", "train.speed.compile_mode: unknown 'fast'"),
+        ("nested.key=1", "nested: unknown key for Experiment"),
+        ("train.steps.x=1", "train.steps: not a table"),
         ("no_equals_sign", "expected key=value"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The whole training step as one CUDA graph (train.cuda_graph, reed_core.cuda_graph).
+"""The whole training step as one CUDA graph (train.speed.cuda_graph, reed_core.cuda_graph).
 
 The CPU tests cover the batch copy, the curriculum key and the configuration errors; the CUDA
 tests (run on a GPU machine; skipped in CPU CI) train the toy task with recorded steps and compare
@@ -12,7 +12,9 @@ import torch
 
 from reed_core.cuda_graph import copy_into
 from reed_core.examples.toy2d import Toy2DConfig, ToyTask
-from reed_core.train import TrainConfig, Trainer, read_metrics
+from reed_core.schedules import constant, linear_warmup
+from reed_core.speed import SpeedConfig
+from reed_core.train import Trainer, read_metrics
 
 
 @dataclass
@@ -54,33 +56,31 @@ def test_copy_into_names_the_field_that_changed(new, message):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"cuda_graph": True, "fused_update": "off"}, "train.cuda_graph needs the fused update"),
+        ({"cuda_graph": True, "fused_update": "off"}, "train.speed.cuda_graph needs the fused update"),
         ({"cuda_graph": True, "compile_mode": "reduce-overhead"}, "cannot nest"),
-        ({"cuda_graph_warmup": 0}, "train.cuda_graph_warmup"),
+        ({"cuda_graph_warmup": 0}, "train.speed.cuda_graph_warmup"),
     ],
 )
 def test_cuda_graph_config_errors_name_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**fields)
+        SpeedConfig(**fields)
 
 
 def test_cuda_graph_on_the_cpu_is_a_clear_error(tmp_path):
     cfg = toy(tmp_path, 2, "cpu", cuda_graph=True)
-    with pytest.raises(ValueError, match="train.cuda_graph needs a CUDA device"):
+    with pytest.raises(ValueError, match="train.speed.cuda_graph needs a CUDA device"):
         Trainer(cfg.train, ToyTask(cfg))
 
 
-def toy(run_dir, steps, device, diffusion_warmup=0, **train):
-    cfg = Toy2DConfig(
-        num_examples=512,
-        width=32,
-        depth=3,
-        eval_samples=64,
-        sample_steps=4,
-        diffusion_warmup=diffusion_warmup,
-    )
+def toy(run_dir, steps, device, diffusion_warmup=0, **speed):
+    """The toy task, small; ``speed``: train.speed.* fields (the fused update on by default)."""
+    cfg = Toy2DConfig(num_examples=512, width=32, depth=3, eval_samples=64, sample_steps=4)
+    w_diff = linear_warmup(0, diffusion_warmup) if diffusion_warmup else constant()
+    curriculum = replace(cfg.reed.curriculum, w_diff=w_diff)
+    speed.setdefault("fused_update", "on")
     return replace(
         cfg,
+        reed=replace(cfg.reed, curriculum=curriculum),
         train=replace(
             cfg.train,
             run_dir=str(run_dir),
@@ -91,8 +91,7 @@ def toy(run_dir, steps, device, diffusion_warmup=0, **train):
             progress_bar=False,
             tensorboard=False,
             device=device,
-            fused_update="on",
-            **train,
+            speed=SpeedConfig(**speed),
         ),
     )
 
@@ -128,7 +127,7 @@ def test_recorded_steps_train_as_eager_steps(tmp_path, param_dtype):
 
 
 def test_the_loss_given_the_step_as_a_tensor_matches_the_host_step(tmp_path):
-    # under train.cuda_graph the loss sees the step on the device; the curriculum must agree
+    # under train.speed.cuda_graph the loss sees the step on the device; the curriculum must agree
     cfg = toy(tmp_path, 2, "cpu", diffusion_warmup=8)
     task = ToyTask(cfg)
     batch = task.batch(3, 0, 1, torch.device("cpu"))
@@ -181,19 +180,3 @@ def test_recorded_steps_resume_exactly(tmp_path):
     resumed = run(toy(tmp_path / "b", 8, "cuda", cuda_graph=True, cuda_graph_warmup=1))
     assert resumed[0].graphed_step.captures == 1
     assert_same_run(straight, resumed, rtol=0, atol=0)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
-def test_recorded_steps_with_the_ema_on_a_side_stream(tmp_path, param_dtype):
-    """train.ema_overlap inside the recorded step (the late EMA step forked onto a side stream and
-    joined before the update) trains as the eager in-pass EMA does; a resumed run is exact."""
-    eager = run(toy(tmp_path / "eager", 9, "cuda", param_dtype=param_dtype))
-    late = dict(param_dtype=param_dtype, cuda_graph=True, cuda_graph_warmup=2, ema_overlap=True)
-    graphed = run(toy(tmp_path / "graph", 9, "cuda", **late))
-    assert graphed[0]._ema_stream is not None and graphed[0].graphed_step.replays == 9 - 3
-    assert_same_run(eager, graphed)
-    run(toy(tmp_path / "resumed", 5, "cuda", **late))  # checkpoints at 3 and 5
-    resumed = run(toy(tmp_path / "resumed", 9, "cuda", **late))
-    for pa, pb in zip(graphed[0].ema.parameters(), resumed[0].ema.parameters()):
-        torch.testing.assert_close(pb, pa, rtol=0, atol=0)

@@ -44,5 +44,5 @@ def test_conversion_keeps_parameters_and_computes_in_float8():
     assert 1e-4 < err < 0.1, err  # e4m3 rounding: close to the fp32 result, yet not equal to it
     out.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    with pytest.raises(ValueError, match="train.float8: unknown recipe 'fp8'"):
+    with pytest.raises(ValueError, match="train.speed.float8: unknown recipe 'fp8'"):
         convert_to_float8(mlp(), "fp8", ["0"])

@@ -122,30 +122,3 @@ def test_fused_update_with_masters_is_adamw_on_the_masters_rounded_into_bf16_par
     assert moments and all(v.dtype == torch.float32 for v in moments)
     with pytest.raises(ValueError, match="master_params must be float32"):
         FusedUpdate(low_opt, list(low_ema.parameters()), master_params=[m.half() for m in masters])
-
-
-def test_deferred_ema_is_the_same_ema_one_step_late():
-    """``defer_ema``: parameters exactly as without it; the EMA lags one step until
-    ``pending_ema``/``flush_ema``, then equals the in-pass EMA (same arithmetic)."""
-    now, late = net(), net()
-    now_ema, late_ema = copy.deepcopy(now), copy.deepcopy(late)
-    kw = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05)
-    now_update = FusedUpdate(torch.optim.AdamW(now.parameters(), **kw), list(now_ema.parameters()), 1.0)
-    late_update = FusedUpdate(
-        torch.optim.AdamW(late.parameters(), **kw), list(late_ema.parameters()), 1.0, defer_ema=True
-    )
-    for step in range(5):
-        late_update.pending_ema()  # the last step's EMA step (a no-op before the first update)
-        set_grads([now, late], step)
-        decay = min(0.999, (1 + step) / (10 + step))
-        ema_before = [p.detach().clone() for p in late_ema.parameters()]
-        now_update.step(1e-3, decay)
-        late_update.step(1e-3, decay)
-        for a, b in zip(now.parameters(), late.parameters()):
-            torch.testing.assert_close(b, a, rtol=0, atol=0)
-        for before, p in zip(ema_before, late_ema.parameters()):  # apply() left the EMA alone
-            torch.testing.assert_close(p, before, rtol=0, atol=0)
-    late_update.flush_ema()
-    late_update.flush_ema()  # nothing pending any more: a no-op
-    for a, b in zip(now_ema.parameters(), late_ema.parameters()):
-        torch.testing.assert_close(b, a, rtol=0, atol=0)

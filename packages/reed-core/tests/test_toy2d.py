@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from reed_core.examples.toy2d import Toy2DConfig, main, run
+from reed_core.examples.toy2d import Toy2DConfig, main, run, vanilla
 
 
 def _run(tmp_path, name, cfg, steps=800):
@@ -26,11 +26,11 @@ def _run(tmp_path, name, cfg, steps=800):
 @pytest.mark.slow
 def test_alignment_and_curriculum_beat_vanilla_at_equal_steps(tmp_path):
     torch.set_num_threads(1)
-    vanilla = _run(tmp_path, "vanilla", Toy2DConfig(aligned=False, diffusion_warmup=0))
+    plain = _run(tmp_path, "vanilla", vanilla())
     reed = _run(tmp_path, "reed", Toy2DConfig())
     # measured with seeds 0, 1, 2 at 800 steps: vanilla 0.25-0.26, REED 0.34-0.38
-    assert reed["eval/mode_precision"] > vanilla["eval/mode_precision"] + 0.05, (reed, vanilla)
-    assert reed["loss_gen"] < vanilla["loss_gen"]
+    assert reed["eval/mode_precision"] > plain["eval/mode_precision"] + 0.05, (reed, plain)
+    assert reed["loss_gen"] < plain["loss_gen"]
     assert reed["cos/mode"] > 0.3  # the hidden state did learn the representation
 
 
@@ -51,6 +51,6 @@ def test_cli_writes_config_metrics_and_checkpoint(tmp_path):
         ]
     )
     assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "last.pt").exists()
-    assert "aligned: false" in (run_dir / "config.yaml").read_text()
-    with pytest.raises(SystemExit, match="align_weight: expected a number"):
-        main(["--run-dir", str(run_dir), "align_weight=lots"])
+    assert "enabled: false" in (run_dir / "config.yaml").read_text()
+    with pytest.raises(SystemExit, match="reed.targets.mode.weight: expected a number"):
+        main(["--run-dir", str(run_dir), "reed.targets.mode.weight=lots"])

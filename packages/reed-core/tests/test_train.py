@@ -1,4 +1,4 @@
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -7,12 +7,17 @@ import torch.nn as nn
 from torchao.float8.float8_linear import Float8Linear
 
 from reed_core.examples.toy2d import Toy2DConfig, ToyTask
+from reed_core.speed import SpeedConfig
 from reed_core.train import CheckpointError, EpochSampler, Trainer, load_checkpoint, read_metrics
+
+SPEED_FIELDS = {f.name for f in fields(SpeedConfig)}
 
 
 def tiny(run_dir, steps, **train):
+    """The toy task, small; ``train`` holds train.* and train.speed.* fields by their names."""
     # CPU runs (fp32, deterministic) on any machine; GPU runs are in test_cuda_graph.py
     train.setdefault("device", "cpu")
+    speed = {k: train.pop(k) for k in list(train) if k in SPEED_FIELDS}
     cfg = Toy2DConfig(num_examples=512, width=32, depth=3, eval_samples=64, sample_steps=4)
     return replace(
         cfg,
@@ -25,6 +30,7 @@ def tiny(run_dir, steps, **train):
             ckpt_every=3,
             progress_bar=False,
             tensorboard=False,
+            speed=SpeedConfig(**speed),
             **train,
         ),
     )
@@ -115,7 +121,7 @@ def test_trainer_with_fused_update_trains_as_the_reference_and_resumes_across_th
 
 
 def test_unknown_fused_update_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="train.fused_update"):
+    with pytest.raises(ValueError, match="train.speed.fused_update"):
         tiny(tmp_path, 1, fused_update="yes")
 
 
@@ -137,9 +143,9 @@ def test_trainer_trains_in_float8_keeps_a_plain_ema_and_resumes_without_it(tmp_p
 
 
 def test_trainer_float8_config_errors_name_the_field(tmp_path):
-    with pytest.raises(ValueError, match="train.float8: unknown 'e4m3'"):
+    with pytest.raises(ValueError, match="train.speed.float8: unknown 'e4m3'"):
         tiny(tmp_path, 1, float8="e4m3")
-    with pytest.raises(ValueError, match="train.float8_modules"):
+    with pytest.raises(ValueError, match="train.speed.float8_modules"):
         tiny(tmp_path, 1, float8="tensorwise", float8_modules=())
     cfg = tiny(tmp_path, 1, float8="tensorwise", float8_modules=("denoiser.*",))  # embed is 18 -> 32
     with pytest.raises(ValueError, match="layer 'denoiser.embed'"):
@@ -157,7 +163,7 @@ def test_compile_regions_compiles_each_outermost_match_and_trains_as_eager(tmp_p
     b = [m["loss"] for m in read_metrics(tmp_path / "regions") if "loss" in m]
     assert b == pytest.approx(a, rel=1e-4)
     assert list(regions.model.state_dict()) == list(eager.model.state_dict())  # no _orig_mod prefix
-    with pytest.raises(ValueError, match=r"train.compile_regions: no submodule .*\['encoder.\*'\]"):
+    with pytest.raises(ValueError, match=r"train.speed.compile_regions: no submodule .*\['encoder.\*'\]"):
         fit(tiny(tmp_path / "none", 1, compile=True, compile_regions=("encoder.*",)))
 
 
@@ -248,32 +254,11 @@ def test_checkpoints_resume_across_parameter_dtypes(tmp_path):
 
 
 def test_param_dtype_config_errors_name_the_field(tmp_path):
-    with pytest.raises(ValueError, match="train.param_dtype: unknown 'float16'"):
+    with pytest.raises(ValueError, match="train.speed.param_dtype: unknown 'float16'"):
         tiny(tmp_path, 1, param_dtype="float16")
-    with pytest.raises(ValueError, match="train.param_dtype=bfloat16 needs bf16 autocast"):
+    with pytest.raises(ValueError, match="train.speed.param_dtype=bfloat16 needs bf16 autocast"):
         tiny(tmp_path, 1, param_dtype="bfloat16", fused_update="off")
-    with pytest.raises(ValueError, match="train.param_dtype=bfloat16 needs bf16 autocast"):
+    with pytest.raises(ValueError, match="train.speed.param_dtype=bfloat16 needs bf16 autocast"):
         tiny(tmp_path, 1, param_dtype="bfloat16", precision="fp32")
-    with pytest.raises(ValueError, match="train.param_dtype=bfloat16 needs bf16 autocast"):
+    with pytest.raises(ValueError, match="train.speed.param_dtype=bfloat16 needs bf16 autocast"):
         fit(tiny(tmp_path, 1, param_dtype="bfloat16", device="cpu"))  # auto precision: fp32 on a CPU
-
-
-def test_ema_overlap_trains_the_same_model_and_ema_and_resumes_exactly(tmp_path):
-    """train.ema_overlap (the EMA step one step late; in line on the CPU) against the in-pass EMA:
-    the same parameters and EMA after fit() (flushed), and a resumed run equals a straight one."""
-    plain = fit(tiny(tmp_path / "plain", 6, fused_update="on"))
-    plain.fit()
-    straight = fit(tiny(tmp_path / "late", 6, ema_overlap=True))
-    assert straight.fused_update is not None and straight.fused_update.defer_ema
-    straight.fit()
-    for pa, pb in zip(plain.model.parameters(), straight.model.parameters()):
-        torch.testing.assert_close(pb, pa, rtol=0, atol=0)
-    for pa, pb in zip(plain.ema.parameters(), straight.ema.parameters()):
-        torch.testing.assert_close(pb, pa, rtol=0, atol=0)
-    fit(tiny(tmp_path / "resumed", 4, ema_overlap=True)).fit()  # checkpoints at 3 and 4
-    resumed = fit(tiny(tmp_path / "resumed", 6, ema_overlap=True))
-    resumed.fit()
-    for pa, pb in zip(straight.ema.parameters(), resumed.ema.parameters()):
-        torch.testing.assert_close(pb, pa, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="train.ema_overlap needs the fused update"):
-        tiny(tmp_path / "x", 2, ema_overlap=True, fused_update="off").train.__post_init__()

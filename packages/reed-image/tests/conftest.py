@@ -10,16 +10,10 @@ import pytest
 import torch
 
 from reed_core.curriculum import CurriculumConfig
+from reed_core.recipe import ReedConfig
 from reed_core.schedules import constant, linear_warmup
 from reed_core.train import TrainConfig
-from reed_image.configs import (
-    DataConfig,
-    EvalConfig,
-    ImageConfig,
-    ObjectiveConfig,
-    caption_target,
-    vision_target,
-)
+from reed_image.configs import DataConfig, EvalConfig, ImageConfig, caption_target, vision_target
 from reed_image.models.sit import SiTConfig
 from reed_image.samplers import SamplerConfig
 
@@ -103,7 +97,7 @@ def tiny_config(
             arch="SiT-S/4", input_size=32, in_channels=1, num_classes=10, depth=2, hidden_size=32, num_heads=2
         ),
         data=DataConfig(source="fashion-mnist", path=str(fmnist_dir), resolution=32),
-        objective=ObjectiveConfig(
+        reed=ReedConfig(
             targets=targets,
             curriculum=CurriculumConfig(w_diff=linear_warmup(0, 2), w_align=constant()),
         ),

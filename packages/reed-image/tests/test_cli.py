@@ -37,24 +37,26 @@ def test_presets_differ_only_in_targets_and_curriculum():
     v, r, e = (config_to_dict(PRESETS[f"fmnist-{k}"]()) for k in ("vanilla", "repa", "reed"))
     for cfg in (v, r, e):
         cfg["train"].pop("run_dir")
-    assert {k: x for k, x in v.items() if k != "objective"} == {
-        k: x for k, x in e.items() if k != "objective"
-    }
-    assert [t["enabled"] for t in v["objective"]["targets"].values()] == [False, False]
-    assert [t["enabled"] for t in r["objective"]["targets"].values()] == [True, False]
-    assert [t["enabled"] for t in e["objective"]["targets"].values()] == [True, True]
+    assert {k: x for k, x in v.items() if k != "reed"} == {k: x for k, x in e.items() if k != "reed"}
+    assert [t["enabled"] for t in v["reed"]["targets"].values()] == [False, False]
+    assert [t["enabled"] for t in r["reed"]["targets"].values()] == [True, False]
+    assert [t["enabled"] for t in e["reed"]["targets"].values()] == [True, True]
 
 
 def test_overrides_and_file_errors_name_the_field(tmp_path):
     cfg = load_config(
-        ImageConfig, PRESETS, "fmnist-reed", None, ["objective.targets.caption.depth=6", "train.steps=10"]
+        ImageConfig, PRESETS, "fmnist-reed", None, ["reed.targets.caption.depth=6", "train.steps=10"]
     )
-    assert cfg.objective.targets["caption"].depth == 6 and cfg.train.steps == 10
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"objective": {"targets": {"vision": {"depht": 3}}}}))
-    with pytest.raises(ValueError, match="depht"):
+    assert cfg.reed.targets["caption"].depth == 6 and cfg.train.steps == 10
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"reed": {"targets": {"vision": {"depht": 3}}}}))
+    with pytest.raises(ValueError, match="reed.targets.vision.depht: unknown key"):
         load_config(ImageConfig, PRESETS, "fmnist-reed", tmp_path / "bad.yaml", [])
-    with pytest.raises(ValueError, match="location"):
-        load_config(ImageConfig, PRESETS, "fmnist-reed", None, ["objective.targets.vision.location=disk"])
+    with pytest.raises(ValueError, match="reed.targets.vision.location: unknown 'disk'"):
+        load_config(ImageConfig, PRESETS, "fmnist-reed", None, ["reed.targets.vision.location=disk"])
+    with pytest.raises(ValueError, match="objective.targets was renamed reed.targets"):
+        load_config(ImageConfig, PRESETS, "fmnist-reed", None, ["objective.targets.vision.depth=3"])
+    with pytest.raises(ValueError, match="train.compile was renamed train.speed.compile"):
+        load_config(ImageConfig, PRESETS, "fmnist-reed", None, ["train.compile=false"])
 
 
 def test_slurm_dry_run_prints_a_script(tmp_path, capsys):
@@ -77,15 +79,8 @@ def test_train_sample_evaluate_end_to_end(make_cfg, tmp_path):
     from reed_image.eval_classifier import main as train_classifier
 
     cfg = make_cfg("e2e")
-    cfg = replace(
-        cfg,
-        objective=replace(
-            cfg.objective,
-            targets={
-                k: replace(t, store=str(tmp_path / "feats" / k)) for k, t in cfg.objective.targets.items()
-            },
-        ),
-    )
+    stores = {k: replace(t, store=str(tmp_path / "feats" / k)) for k, t in cfg.reed.targets.items()}
+    cfg = replace(cfg, reed=replace(cfg.reed, targets=stores))
     save_config(cfg, tmp_path / "cfg.yaml")
     feats = features.main(["--config", str(tmp_path / "cfg.yaml")])
     assert set(feats) == {"vision", "caption"}

@@ -23,7 +23,7 @@ from reed_image.task import ImageTask, generate
 def test_caption_store_from_a_table_and_gathering(make_cfg, fmnist_dir, caption_table_file, tmp_path):
     cfg = make_cfg()
     images = fit_resolution(load_fashion_mnist("train", fmnist_dir), 32)
-    store = build_caption_store("caption", cfg.objective.targets["caption"], images, tmp_path / "cap")
+    store = build_caption_store("caption", cfg.reed.targets["caption"], images, tmp_path / "cap")
     table = np.load(caption_table_file)
     rows = torch.tensor([5, 0, 77])
     want = table["embeddings"][table["index"][rows.numpy()]]
@@ -37,7 +37,7 @@ def test_caption_store_from_a_table_and_gathering(make_cfg, fmnist_dir, caption_
 def test_missing_or_mismatched_feature_shards_are_clear_errors(make_cfg, fmnist_dir, tmp_path):
     cfg = make_cfg()
     images = fit_resolution(load_fashion_mnist("train", fmnist_dir), 32)
-    store = ensure_store("vision", cfg.objective.targets["vision"], images, tmp_path / "run")
+    store = ensure_store("vision", cfg.reed.targets["vision"], images, tmp_path / "run")
     assert store.meta.fixed_length == 1 and store.meta.shape == (1280,)
     other = load_fashion_mnist("test", fmnist_dir)  # ids the store does not hold
     with pytest.raises(FeatureStoreError, match=r"no entry for 60 of .*fmnist-test-00000"):
@@ -55,15 +55,19 @@ def test_bad_configs_fail_before_any_work(make_cfg):
     cfg = make_cfg()
     with pytest.raises(ValueError, match=r"model.input_size=28 but the data are 32x32"):
         ImageTask(replace(cfg, model=replace(cfg.model, input_size=28)))
-    targets = dict(cfg.objective.targets)
+    targets = dict(cfg.reed.targets)
     targets["vision"] = replace(targets["vision"], depth=5)
-    with pytest.raises(
-        ValueError, match=r"objective.targets.vision.depth: 5 is outside the model's blocks 1..2"
-    ):
-        ImageTask(replace(cfg, objective=replace(cfg.objective, targets=targets)))
+    with pytest.raises(ValueError, match=r"reed.targets.vision.depth: 5 is outside the model's blocks 1..2"):
+        ImageTask(replace(cfg, reed=replace(cfg.reed, targets=targets)))
     targets["vision"] = replace(targets["vision"], depth=1, encoder="no-such-net")
     with pytest.raises(ValueError, match="unknown vision encoder 'no-such-net'"):
-        ImageTask(replace(cfg, objective=replace(cfg.objective, targets=targets)))
+        ImageTask(replace(cfg, reed=replace(cfg.reed, targets=targets)))
+    targets["vision"] = replace(targets["vision"], encoder="efficientnet-lite0", options={"kind": "depth"})
+    with pytest.raises(ValueError, match=r"reed.targets.vision.options.kind: unknown 'depth'"):
+        replace(cfg, reed=replace(cfg.reed, targets=targets))
+    targets["vision"] = replace(targets["vision"], options={"kind": "vision"}, pooling="mean")
+    with pytest.raises(ValueError, match=r"reed.targets.vision.pooling: a vision target is compared"):
+        replace(cfg, reed=replace(cfg.reed, targets=targets))
 
 
 def test_a_bad_cublaslt_plan_file_fails_before_any_work(make_cfg, tmp_path):
@@ -93,8 +97,8 @@ def test_reed_trains_and_vanilla_is_the_same_code_with_targets_off(make_cfg):
     assert not any(k.startswith("align/") for k in vanilla)
     # with every alignment weight at zero, the aligned model follows vanilla's trajectory exactly
     cfg = make_cfg("zero")
-    targets = {k: replace(t, weight=0.0) for k, t in cfg.objective.targets.items()}
-    _, _, zero_metrics = _fit(replace(cfg, objective=replace(cfg.objective, targets=targets)))
+    targets = {k: replace(t, weight=0.0) for k, t in cfg.reed.targets.items()}
+    _, _, zero_metrics = _fit(replace(cfg, reed=replace(cfg.reed, targets=targets)))
     torch.testing.assert_close(
         [m["loss_gen"] for m in zero_metrics if "loss_gen" in m],
         [m["loss_gen"] for m in van_metrics if "loss_gen" in m],
@@ -102,7 +106,7 @@ def test_reed_trains_and_vanilla_is_the_same_code_with_targets_off(make_cfg):
 
 
 def test_loss_given_the_step_on_the_device_matches_the_host_step(make_cfg):
-    # train.cuda_graph hands loss() the step as a tensor; the curriculum (diffusion warm-up here)
+    # train.speed.cuda_graph hands loss() the step as a tensor; the curriculum (diffusion warm-up here)
     # must give the same weights, so the recorded step trains as the eager one
     task = ImageTask(make_cfg("tensor-step"))
     assert task.graph_key(0) == task.graph_key(10**6) == ()
@@ -133,6 +137,15 @@ def test_checkpoint_samples_identically_after_reload(make_cfg):
     assert not torch.equal(a, c)
     raw = load_denoiser(ckpt, "raw")[1]
     assert not torch.equal(raw.final_layer.linear.weight, denoiser.final_layer.linear.weight)
+    # a run saved before the recipe moved into reed.*: its weights load, its config names the rename
+    state = torch.load(ckpt, weights_only=False)
+    task.model.load_state_dict(state["model"])
+    reed = state["config"].pop("reed")
+    state["config"]["objective"].update(targets=reed["targets"], curriculum=reed["curriculum"])
+    torch.save(state, Path(ckpt).with_name("old.pt"))
+    renamed = "objective.curriculum was renamed reed.curriculum; objective.targets was renamed reed.targets"
+    with pytest.raises(CheckpointError, match=f"old.pt: its config uses keys of an older version: {renamed}"):
+        load_denoiser(Path(ckpt).with_name("old.pt"))
     with open(ckpt, "r+b") as fh:  # truncate: a torn file
         fh.truncate(1000)
     with pytest.raises(CheckpointError, match="corrupt"):

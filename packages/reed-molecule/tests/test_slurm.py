@@ -45,7 +45,7 @@ def test_train_slurm_submits_a_real_job(cluster, qm9_small_path, tmp_path):
             "--preset",
             "tiny",
             f"data.path={qm9_small_path}",
-            "targets={}",
+            "reed.targets={}",
             "train.steps=2",
             "--run-dir",
             str(run),

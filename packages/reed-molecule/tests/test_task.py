@@ -33,8 +33,9 @@ def _cfg(qm9_small_path, store, run_dir, aligned=True, **train) -> MoleculeConfi
         train=replace(cfg.train, run_dir=str(run_dir), **train),
     )
     if aligned:
-        return replace(cfg, targets={"chemnet": replace(cfg.targets["chemnet"], store=str(store))})
-    return replace(cfg, targets={})
+        chemnet = replace(cfg.reed.targets["chemnet"], store=str(store))
+        return replace(cfg, reed=replace(cfg.reed, targets={"chemnet": chemnet}))
+    return replace(cfg, reed=replace(cfg.reed, targets={}))
 
 
 def test_reed_training_logs_alignment_and_resumes(qm9_small_path, chemnet_store, tmp_path):
@@ -57,10 +58,18 @@ def test_target_store_must_cover_the_training_split(qm9_small_path, chemnet_stor
     from reed_molecule.task import MoleculeTask
 
     cfg = _cfg(qm9_small_path, chemnet_store, tmp_path / "r")
-    with pytest.raises(ValueError, match="targets.chemnet.dim"):
-        MoleculeTask(replace(cfg, targets={"chemnet": replace(cfg.targets["chemnet"], dim=256)}))
+    wide = {"chemnet": replace(cfg.reed.targets["chemnet"], dim=256)}
+    with pytest.raises(ValueError, match="reed.targets.chemnet.dim: is 256, but store"):
+        MoleculeTask(replace(cfg, reed=replace(cfg.reed, targets=wide)))
+    unset = {"chemnet": replace(cfg.reed.targets["chemnet"], store="")}
+    with pytest.raises(ValueError, match="reed.targets.chemnet.store: not set"):
+        MoleculeTask(replace(cfg, reed=replace(cfg.reed, targets=unset)))
+    read = {"chemnet": replace(cfg.reed.targets["chemnet"], dim=0)}  # 0: the store's width
+    assert MoleculeTask(replace(cfg, reed=replace(cfg.reed, targets=read))).targets[0].dim == 512
+    off = {"chemnet": replace(cfg.reed.targets["chemnet"], enabled=False)}
+    assert MoleculeTask(replace(cfg, reed=replace(cfg.reed, targets=off))).model.aligner is None
     cfg = replace(cfg, data=replace(cfg.data, train_split="test"))
-    with pytest.raises(ValueError, match="targets.chemnet.store: .* has no entry"):
+    with pytest.raises(ValueError, match="reed.targets.chemnet.store: .* has no entry"):
         MoleculeTask(cfg)
 
 
@@ -97,7 +106,7 @@ def test_cli_train_sample_evaluate(qm9_small_path, tmp_path, capsys):
             "--preset",
             "tiny",
             f"data.path={qm9_small_path}",
-            "targets={}",
+            "reed.targets={}",
             "--run-dir",
             str(run),
             "train.steps=2",
@@ -147,16 +156,22 @@ def test_cli_help_errors_and_slurm_dry_run(tmp_path, capsys):
 
 
 def test_presets_resolve_and_round_trip(tmp_path):
-    from reed_core.config import load_config, load_config_file, save_config
+    from reed_core.config import ConfigError, load_config, load_config_file, save_config
+    from reed_core.schedules import linear_warmup
 
     for name in PRESETS:
         cfg = load_config(MoleculeConfig, PRESETS, name)
         path = save_config(cfg, tmp_path / f"{name}.yaml")
         assert load_config_file(MoleculeConfig, path) == cfg
-    reed = load_config(MoleculeConfig, PRESETS, "qm9_reed", overrides=["targets.chemnet.weight=0.5"])
-    t = reed.targets["chemnet"]
-    assert (t.depth, t.dim, t.pooling, t.weight) == (5, 512, "mean", 0.5)
-    assert reed.curriculum.diffusion_warmup == 30.0 and reed.curriculum.unit == "epoch"
+    reed = load_config(MoleculeConfig, PRESETS, "qm9_reed", overrides=["reed.targets.chemnet.weight=0.5"])
+    t = reed.reed.targets["chemnet"]
+    assert (t.depth, t.dim, t.pooling, t.weight, t.projector_hidden) == (5, 512, "mean", 0.5, 1024)
+    curriculum = reed.reed.curriculum
+    assert curriculum.w_diff == linear_warmup(0, 30) and curriculum.unit == "epoch"
+    with pytest.raises(ConfigError, match="targets was renamed reed.targets"):
+        load_config(MoleculeConfig, PRESETS, "qm9_reed", overrides=["targets.chemnet.weight=0.5"])
+    with pytest.raises(ConfigError, match="curriculum was renamed reed.curriculum"):
+        load_config(MoleculeConfig, PRESETS, "qm9_reed", overrides=["curriculum.diffusion_warmup=30"])
 
 
 def test_pretrained_3d_encoder_as_a_target(qm9_small_path, tmp_path):

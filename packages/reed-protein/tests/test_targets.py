@@ -1,10 +1,12 @@
+from dataclasses import replace
+
 import esm
 import numpy as np
 import pytest
 import torch
 
 from reed_core.features import FeatureStore
-from reed_protein.configs import TargetConfig
+from reed_protein.configs import protein_target
 from reed_protein.data.batch import collate
 from reed_protein.data.datasets import load_files
 from reed_protein.data.structure import Protein, concat_chains
@@ -82,14 +84,9 @@ def test_feature_store_matches_online_targets(proteins, pm, tmp_path):
     paths = build_target_stores(proteins, pm, tmp_path / "pm", k=30, batch_size=1)
     store = FeatureStore.open(paths["pair"])
     assert store.meta.shape == (30, 128) and len(store) == 2
-    online = TargetSource([TargetConfig("pair", "proteinmpnn", "v_48_020", "pair", "decoder.1.edge_out")])
-    stored = TargetSource(
-        [
-            TargetConfig(
-                "pair", "proteinmpnn", "v_48_020", "pair", "decoder.1.edge_out", store=str(paths["pair"])
-            )
-        ]
-    )
+    pair = protein_target("proteinmpnn", "v_48_020", "pair", "decoder.1.edge_out", 1.0)
+    online = TargetSource({"pair": pair})
+    stored = TargetSource({"pair": replace(pair, store=str(paths["pair"]))})
     batch = collate(proteins)
     E_idx, edge_mask = knn_graph(batch.X[:, :, 1], batch.mask, 30)
     z1, m1 = online(proteins, batch, E_idx, edge_mask)

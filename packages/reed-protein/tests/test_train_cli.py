@@ -40,19 +40,11 @@ def trained(tmp_path_factory, small_pdbs, data_dir):
             f"data.path={npz}",
             "data.max_tokens=1000",
             f"train.run_dir={root / 'reed'}",
+            f"reed.targets.structure.store={root / 'targets' / 'structure'}",
+            f"reed.targets.pair.store={root / 'targets' / 'pair'}",
         ],
     )
     save_config(cfg, cfg_file)
-    text = cfg_file.read_text()
-    text = text.replace("store: ''", "store: STORE").replace(
-        "name: structure\n    encoder: proteinmpnn", "name: structure\n    encoder: proteinmpnn"
-    )
-    lines, out, current = text.splitlines(), [], None
-    for ln in lines:
-        if ln.strip().startswith("- name:"):
-            current = ln.split(":")[1].strip()
-        out.append(ln.replace("STORE", str(root / "targets" / current)) if "STORE" in ln else ln)
-    cfg_file.write_text("\n".join(out) + "\n")
     result = train_main(["--config", str(cfg_file)])
     return root, result
 
@@ -71,7 +63,7 @@ def test_training_runs_and_logs_alignment(trained):
     split = json.loads((run / "split.json").read_text())
     assert set(split["train"]).isdisjoint(split["test"])
     cfg = load_config_file(ProteinConfig, run / "config.yaml")
-    assert cfg.reed.targets[1].pooling == "edge"
+    assert cfg.reed.targets["pair"].pooling == "edge"
     assert cfg.train.steps == cfg.epochs == 2  # both chains fit one batch: 1 step per epoch
 
 
@@ -153,13 +145,16 @@ def test_presets_round_trip_and_bad_values(tmp_path):
         cfg = preset()
         path = save_config(cfg, tmp_path / f"{name}.yaml")
         assert load_config_file(ProteinConfig, path) == cfg
-    with pytest.raises(ConfigError, match="reed.targets"):
-        load_config(
-            ProteinConfig,
-            PRESETS,
-            "reed",
-            overrides=["reed.targets=[{name: x, feature: pair, depth: encoder.0.node_out}]"],
-        )
+    bad_target = "reed.targets.x={encoder: proteinmpnn, feature: pair, depth: encoder.0.node_out}"
+    with pytest.raises(ConfigError, match=r"reed.targets.x.depth: a pair target aligns edge states"):
+        load_config(ProteinConfig, PRESETS, "reed", overrides=[bad_target])
+    with pytest.raises(ConfigError, match=r"reed.targets.pair.pooling: a pair target needs pooling 'edge'"):
+        load_config(ProteinConfig, PRESETS, "reed", overrides=["reed.targets.pair.pooling=token"])
+    with pytest.raises(ConfigError, match=r"reed.targets.single.encoder: unknown 'esm3'"):
+        load_config(ProteinConfig, PRESETS, "reed_esm", overrides=["reed.targets.single.encoder=esm3"])
+    old = ["reed.diffusion_warmup_epochs=50"]
+    with pytest.raises(ConfigError, match=r"reed.diffusion_warmup_epochs was renamed reed.curriculum.w_diff"):
+        load_config(ProteinConfig, PRESETS, "reed", overrides=old)
     with pytest.raises(ConfigError, match="data.source"):
         load_config(ProteinConfig, PRESETS, "reed", overrides=["data.source=pdbbind"])
 

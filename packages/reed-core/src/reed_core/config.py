@@ -5,12 +5,17 @@ Every key is checked against the dataclass fields and converted to the field's t
 key or a value of the wrong type raises :class:`ConfigError` naming the dotted field path. The
 resolved config is written into every run folder (:func:`save_config`) and reloads to an equal
 object (:func:`load_config_file`).
+
+A config class may list keys it no longer has in a class attribute ``RENAMED: ClassVar[dict[str,
+str]]`` (old key -> its new dotted key, or ``""`` where it was removed): a file, override or saved
+run config that still uses one gets "objective.targets was renamed reed.targets".
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -25,6 +30,11 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     pass
+
+
+class RenamedKeyError(ConfigError):
+    """A key that a config class lists in ``RENAMED``: it was renamed or removed (e.g. a run
+    config saved by an older version)."""
 
 
 def config_to_dict(cfg: Any) -> Any:
@@ -129,9 +139,18 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T
         raise ConfigError(f"{path or cls.__name__}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    where = f"{path}." if path else ""
+    renamed: Mapping[str, str] = getattr(cls, "RENAMED", {})
+    moved = [key for key in sorted(data) if key in renamed and key not in fields]
+    if moved:
+        raise RenamedKeyError(
+            "; ".join(
+                f"{where}{key} was renamed {renamed[key]}" if renamed[key] else f"{where}{key} was removed"
+                for key in moved
+            )
+        )
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        where = f"{path}." if path else ""
         raise ConfigError(
             f"{where}{unknown[0]}: unknown key for {cls.__name__}; valid keys: {', '.join(fields)}"
         )
@@ -144,8 +163,22 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T
     except (ValueError, TypeError) as err:
         if isinstance(err, ConfigError):
             raise
-        prefix = f"{path}: " if path else ""
-        raise ConfigError(f"{prefix}{err}") from err
+        raise ConfigError(_locate(str(err), path, fields)) from err
+
+
+def _locate(message: str, path: str, fields: Mapping[str, Any]) -> str:
+    """``message`` of a config class's own check, placed at ``path``: a message that starts with one
+    of the class's fields (``depth: ...``) or with the section's own name (``train.steps: ...`` at
+    ``train``) gets the full dotted key; any other is prefixed with ``path``."""
+    if not path:
+        return message
+    head = re.split(r"[.:\[ =/]", message, maxsplit=1)[0]
+    parent, _, section = path.rpartition(".")
+    if head == section:
+        return f"{parent}.{message}" if parent else message
+    if head in fields:
+        return f"{path}.{message}"
+    return f"{path}: {message}"
 
 
 def _deep_merge(base: dict, update: Mapping) -> dict:
@@ -217,9 +250,11 @@ def load_config(
         keys, value = parse_override(text)
         node = data
         for depth, key in enumerate(keys[:-1]):
-            if not isinstance(node.get(key), dict):
-                raise ConfigError(f"{'.'.join(keys[: depth + 1])}: unknown key or not a table")
-            node = node[key]
+            # a missing table is created: config_from_dict then names an unknown or renamed key,
+            # or builds a new entry of a table field (e.g. one more alignment target)
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(keys[: depth + 1])}: not a table (cannot set {'.'.join(keys)})")
         node[keys[-1]] = value
     return config_from_dict(cls, data)
 

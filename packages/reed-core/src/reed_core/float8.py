@@ -42,13 +42,13 @@ def float8_linear_names(model: nn.Module, modules: Sequence[str]) -> list[str]:
             continue
         if module.in_features % 16 or module.out_features % 16:
             raise ValueError(
-                f"train.float8_modules: layer {name!r} ({module.in_features} -> {module.out_features}) "
+                f"train.speed.float8_modules: layer {name!r} ({module.in_features} -> {module.out_features}) "
                 "cannot run in float8: both sizes must be multiples of 16; narrow the patterns"
             )
         names.append(name)
     if not names:
         raise ValueError(
-            f"train.float8_modules: no nn.Linear of the model matches {list(modules)} "
+            f"train.speed.float8_modules: no nn.Linear of the model matches {list(modules)} "
             f"(linear layers are named like {_example_names(model)})"
         )
     return names
@@ -61,12 +61,12 @@ def convert_to_float8(model: nn.Module, recipe: str, modules: Sequence[str]) -> 
     optimizer state, EMA pairing and ``state_dict`` keys are unchanged. Returns the converted names.
     """
     if recipe not in FLOAT8_RECIPES or recipe == "off":
-        raise ValueError(f"train.float8: unknown recipe {recipe!r}; choose one of {FLOAT8_RECIPES[1:]}")
+        raise ValueError(f"train.speed.float8: unknown recipe {recipe!r}; choose one of {FLOAT8_RECIPES[1:]}")
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     except ImportError as err:
         raise ImportError(
-            "train.float8 needs torchao: pip install 'reed-core[float8]' (torchao 0.17 for torch 2.11)"
+            "train.speed.float8 needs torchao: pip install 'reed-core[float8]' (torchao 0.17 for torch 2.11)"
         ) from err
     names = set(float8_linear_names(model, modules))
     convert_to_float8_training(

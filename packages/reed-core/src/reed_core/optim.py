@@ -21,17 +21,10 @@ With step count ``t``, learning rate ``lr``, clip coefficient ``c`` and EMA rate
 The moments live in a ``torch.optim.AdamW``'s ``state`` in its own format, so checkpoints are
 the same whichever update ran, and a run may resume with the other one.
 
-Low-precision parameters (``train.param_dtype=bfloat16``): the model holds bf16 ``theta_bf16``
+Low-precision parameters (``train.speed.param_dtype=bfloat16``): the model holds bf16 ``theta_bf16``
 that the forward uses without casting, and its gradients come out in bf16. ``FusedUpdate`` then
 keeps float32 master weights ``theta`` and applies the equations above to them (``g`` taken to
 float32), the EMA included, and ends the same pass with ``theta_bf16 = bf16(theta)``.
-
-Deferred EMA (``defer_ema``): the EMA step of update ``t`` reads only ``theta_t`` and
-``theta_ema``, which nothing touches until update ``t + 1``. So ``apply`` can leave it out (the
-pass then moves 28 bytes a parameter in place of 36) and record its rate; ``pending_ema`` runs
-it later, e.g. on a side CUDA stream while the next step's forward and backward keep the tensor
-cores busy (``train.ema_overlap``), and ``flush_ema`` runs it before anything reads the EMA.
-The arithmetic is the same ``theta_ema += r (theta - theta_ema)``, one step late.
 """
 
 from __future__ import annotations
@@ -77,9 +70,8 @@ def adamw_ema_update_(
     eps: float,
     weight_decay: float,
     param_copies: list[torch.Tensor] | None = None,
-    with_ema: bool = True,
 ) -> None:
-    """One AdamW step then (``with_ema``) one EMA step, in place (the module docstring's equations).
+    """One AdamW step then one EMA step, in place (the module docstring's equations).
 
     ``step`` (the new step count ``t``, >= 1), ``lr``, ``grad_coef`` (``c``) and ``ema_rate``
     (``r``) are 0-d fp32 tensors on the parameters' device, so one compiled graph serves every
@@ -102,8 +94,7 @@ def adamw_ema_update_(
     update = torch._foreach_div(exp_avgs, denom)
     torch._foreach_mul_(update, step_size)
     torch._foreach_sub_(params, update)
-    if with_ema:
-        ema_update_(ema_params, params, ema_rate)
+    ema_update_(ema_params, params, ema_rate)
     if param_copies is not None:
         torch._foreach_copy_(param_copies, params)
 
@@ -126,7 +117,6 @@ class FusedUpdate:
         max_grad_norm: float = 0.0,
         compile: bool = False,
         master_params: Sequence[torch.Tensor] | None = None,
-        defer_ema: bool = False,
     ):
         if len(optimizer.param_groups) != 1:
             raise ValueError("FusedUpdate: expected one parameter group")
@@ -157,13 +147,8 @@ class FusedUpdate:
         self._lr = torch.zeros((), device=device)
         self._ema_rate = torch.zeros((), device=device)
         self._one = torch.ones((), device=device)
-        self.defer_ema = defer_ema
-        self._pending_rate = torch.zeros((), device=device)  # 0: no EMA step pending
         self._update: Callable[..., None] = (
             torch.compile(adamw_ema_update_, fullgraph=True) if compile else adamw_ema_update_
-        )
-        self._ema_update: Callable[..., None] = (
-            torch.compile(ema_update_, fullgraph=True) if compile else ema_update_
         )
 
     def _state(
@@ -193,43 +178,16 @@ class FusedUpdate:
         self._lr.fill_(lr)
         self._ema_rate.fill_(1.0 - ema_decay)
 
-    @property
-    def _weights(self) -> list[torch.Tensor]:
-        return self.master_params if self.master_params is not None else self.params
-
-    @torch.no_grad()
-    def pending_ema(self) -> None:
-        """The EMA step the last :meth:`apply` left out (``defer_ema``), at its rate; a no-op
-        (rate 0) when none is pending. Device work only: a CUDA graph may capture it, also on a
-        side stream, as long as it ends before the next :meth:`apply` writes the parameters."""
-        self._ema_update(self.ema_params, self._weights, self._pending_rate)
-
-    @torch.no_grad()
-    def flush_ema(self) -> None:
-        """Bring the EMA up to date (:meth:`pending_ema`, then nothing pending): call before the
-        EMA is read or saved."""
-        if self.defer_ema:
-            self.pending_ema()
-            self._pending_rate.zero_()
-
-    def discard_pending_ema(self) -> None:
-        """Forget a pending EMA step (the EMA was just loaded from a checkpoint)."""
-        self._pending_rate.zero_()
-
     @torch.no_grad()
     def apply(self) -> torch.Tensor | None:
         """Update parameters and EMA from the current gradients at the rates of the last
         :meth:`set_rates`; returns ``||g||`` when clipping. Device work only: no host reads or
-        syncs, so a CUDA graph may capture it. With ``defer_ema`` the EMA step of every parameter
-        is left pending (:meth:`pending_ema`) instead."""
+        syncs, so a CUDA graph may capture it."""
         group = self.optimizer.param_groups[0]
         # as AdamW does, a parameter without a gradient is not stepped; its EMA still moves
         chosen = [i for i, p in enumerate(self.params) if p.grad is not None]
         idle = [i for i, p in enumerate(self.params) if p.grad is None]
-        weights = self._weights
-        if self.defer_ema:
-            self._pending_rate.copy_(self._ema_rate)
-            idle = []
+        weights = self.master_params if self.master_params is not None else self.params
         if idle:
             ema_update_([self.ema_params[i] for i in idle], [weights[i] for i in idle], self._ema_rate)
         if not chosen:
@@ -259,7 +217,6 @@ class FusedUpdate:
             group["eps"],
             group["weight_decay"],
             params if self.master_params is not None else None,
-            not self.defer_ema,
         )
         return grad_norm
 

@@ -10,9 +10,10 @@ uses) to a weight. Every family is flat before ``start`` (value ``v_start``) and
     cosine:   s(u) = (1 - cos(pi u)) / 2             (a half-cosine ramp)
     sigmoid:  s(u) = sigma(k (u - 1/2)) rescaled so s(0) = 0, s(1) = 1
 
-So ``linear_warmup(0, 50)`` is ``w_diff`` of the paper's image recipe (0 -> 1 over 50k steps) and
-``cosine_decay(0, 200)`` the protein recipe's alignment decay (1 -> 0 over 200 epochs, then 0).
-``piecewise`` interpolates linearly between ``(p, v)`` knots and holds the end values.
+So ``linear_warmup(0, 50_000)`` is ``w_diff`` of the paper's image recipe (0 -> 1 over 50k steps)
+and ``cosine_decay(0, 200)`` the protein recipe's alignment decay (1 -> 0 over 200 epochs, then 0).
+``piecewise`` interpolates linearly between ``(p, v)`` knots and holds the end values;
+``step_down(p1)`` (alignment that stops at ``p1``) is the piecewise ``[(p1, 1), (p1, 0)]``.
 
 Progress may also be a tensor (e.g. the step count on the GPU, inside a recorded CUDA graph,
 :mod:`reed_core.cuda_graph`): the same formulas then run as tensor ops, elementwise, in the
@@ -43,15 +44,15 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"schedule kind: unknown {self.kind!r}; choose one of {KINDS}")
+            raise ValueError(f"kind: unknown schedule {self.kind!r}; choose one of {KINDS}")
         if self.kind in ("linear", "cosine", "sigmoid") and self.end < self.start:
-            raise ValueError(f"schedule ({self.kind}): end={self.end} is before start={self.start}")
+            raise ValueError(f"end: {self.end} is before start={self.start} (schedule {self.kind})")
         if self.kind == "piecewise":
             if not self.points:
-                raise ValueError("schedule (piecewise): points must hold at least one (p, v) knot")
+                raise ValueError("points: a piecewise schedule needs at least one (p, v) knot")
             knots = [p for p, _ in self.points]
             if knots != sorted(knots):
-                raise ValueError(f"schedule (piecewise): knots must increase, got {knots}")
+                raise ValueError(f"points: the knots of a piecewise schedule must increase, got {knots}")
 
     def __call__(self, progress: float | torch.Tensor) -> float | torch.Tensor:
         if isinstance(progress, torch.Tensor):
@@ -149,3 +150,8 @@ def sigmoid(start: float, end: float, v_start: float = 0.0, v_end: float = 1.0) 
 
 def piecewise(points: list[tuple[float, float]]) -> Schedule:
     return Schedule("piecewise", points=tuple((float(p), float(v)) for p, v in points))
+
+
+def step_down(at: float, before: float = 1.0, after: float = 0.0) -> Schedule:
+    """``before`` up to and including ``at``, then ``after``: e.g. alignment that stops at ``at``."""
+    return piecewise([(at, before), (at, after)])

@@ -1,8 +1,9 @@
 """The training loop shared by every domain.
 
-``Trainer(cfg, task).fit()`` reads top to bottom: set up (device, DDP, model, EMA, optimiser),
-resume from ``run_dir/checkpoints/last.pt`` if it exists, then a loop of ``train_step`` with
-periodic logging, evaluation and atomic checkpoints. A domain implements :class:`Task`:
+``Trainer(cfg, task).fit()`` reads top to bottom: set up (device, model, EMA, speed options,
+optimiser and update, DDP / compile / CUDA graph), resume from ``run_dir/checkpoints/last.pt``
+if it exists, then a loop of ``train_step`` with periodic logging, evaluation and atomic
+checkpoints. A domain implements :class:`Task`:
 
 * ``model``: the ``nn.Module`` that is trained (e.g. a :class:`reed_core.model.ReedModel`);
 * ``steps_per_epoch``;
@@ -12,16 +13,15 @@ periodic logging, evaluation and atomic checkpoints. A domain implements :class:
   once and combines the terms (:class:`reed_core.objective.ReedObjective`);
 * optionally ``evaluate(model, ema_model, step, run_dir) -> dict`` and ``state_dict`` /
   ``load_state_dict`` for task state outside the model;
-* optionally ``graph_key(step)``, which opts in to ``train.cuda_graph``: ``loss`` is then given
+* optionally ``graph_key(step)``, which opts in to ``train.speed.cuda_graph``: ``loss`` is then given
   ``step`` as a 0-d float64 tensor on the device (a curriculum evaluates on it,
   :mod:`reed_core.schedules`), and ``graph_key`` returns a hashable of every host value ``loss``
   still derives from ``step`` (``()`` when none); a recorded step is replayed while it is unchanged.
 
-Speed: bf16 autocast, fused AdamW on CUDA, a foreach EMA, optional ``torch.compile`` (which also
-fuses clipping, AdamW and the EMA into one pass, :mod:`reed_core.optim`), optional bf16
-parameters with float32 masters in that pass (``param_dtype``), optionally the whole step as
-one CUDA graph (``cuda_graph``, :mod:`reed_core.cuda_graph`); logged
-terms are summed on the device and read back once per ``log_every`` steps (no per-step sync).
+Speed: bf16 autocast, fused AdamW on CUDA, a foreach EMA; the options of ``train.speed``
+(``torch.compile``, the fused clip + AdamW + EMA pass, FP8 matmuls, bf16 parameters with float32
+masters, the whole step as one CUDA graph) are applied in one place, :mod:`reed_core.speed`.
+Logged terms are summed on the device and read back once per ``log_every`` steps (no per-step sync).
 Exact resume: model, EMA, optimiser, step and every RNG state are checkpointed together.
 """
 
@@ -34,10 +34,10 @@ import os
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -47,14 +47,11 @@ from tqdm.auto import tqdm
 
 from reed_core.config import config_to_dict, save_config
 from reed_core.cuda_graph import GraphedStep
-from reed_core.float8 import FLOAT8_RECIPES, convert_to_float8
 from reed_core.objective import ObjectiveOutput
 from reed_core.optim import FusedUpdate
+from reed_core.speed import SpeedConfig, SpeedSetup
 
 PRECISIONS = ("auto", "bf16", "fp32")
-FUSED_UPDATE = ("auto", "on", "off")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-PARAM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -70,32 +67,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay_t = min(ema_decay, (1 + t) / (10 + t))
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool = False
-    compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs | ...
-    # compile only these submodules (fnmatch patterns, outermost matches), e.g. the repeated blocks:
-    # identical blocks share one compiled graph instead of one inlined copy per block in a whole graph.
-    # Empty: compile the whole model as one graph.
-    compile_regions: tuple[str, ...] = ()
-    # clip + AdamW + EMA as one compiled pass (reed_core.optim); auto: on when compiling on CUDA
-    fused_update: str = "auto"  # auto | on | off
-    # FP8 matmuls for the nn.Linear layers named by float8_modules (fnmatch patterns), reed_core.float8
-    float8: str = "off"  # off | tensorwise | rowwise | rowwise_with_gw_hp
-    float8_modules: tuple[str, ...] = ("*",)
-    # float32: parameters in float32 (autocast casts them each step). bfloat16: the model holds
-    # bf16 weights (no casts, bf16 gradients) and the fused update keeps float32 master weights,
-    # which are what checkpoints store; needs bf16 autocast and the fused update.
-    param_dtype: str = "float32"  # float32 | bfloat16
-    # record the whole step (forward, backward, fused update) as one CUDA graph and replay it
-    # (reed_core.cuda_graph): no per-step host work beyond copying the batch in. Needs one CUDA
-    # process, the fused update, a task with graph_key(step), and a compile_mode without its own
-    # CUDA graphs. cuda_graph_warmup eager steps precede each capture.
-    cuda_graph: bool = False
-    cuda_graph_warmup: int = 3
-    # run each step's EMA update one step late, on a side CUDA stream beside the next step's
-    # forward and backward (reed_core.optim, defer_ema): the update pass moves 28 bytes a parameter
-    # in place of 36. The EMA is brought up to date before it is evaluated or saved. Needs the
-    # fused update; on a CPU the late EMA step runs in line (same values).
-    ema_overlap: bool = False
+    speed: SpeedConfig = field(default_factory=SpeedConfig)  # compile, fused update, FP8, CUDA graph
     log_every: int = 50
     ckpt_every: int = 1000
     eval_every: int = 0  # 0: evaluate only at the end (if the task can)
@@ -105,8 +77,14 @@ class TrainConfig:
     tensorboard: bool = True
     progress_bar: bool = True
 
+    # the speed options moved into train.speed; ema_overlap measured slower and was removed
+    RENAMED: ClassVar[dict[str, str]] = {
+        **{name: f"train.speed.{name}" for name in (f.name for f in dataclass_fields(SpeedConfig))},
+        "ema_overlap": "",
+    }
+
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "ckpt_every", "cuda_graph_warmup"):
+        for name in ("steps", "batch_size", "log_every", "ckpt_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name}: must be > 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip", "lr_warmup_steps", "eval_every"):
@@ -114,48 +92,12 @@ class TrainConfig:
                 raise ValueError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay: must lie in [0, 1), got {self.ema_decay}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(
-                f"train.compile_mode: unknown {self.compile_mode!r}; choose one of {COMPILE_MODES}"
-            )
-        if self.fused_update not in FUSED_UPDATE:
-            raise ValueError(
-                f"train.fused_update: unknown {self.fused_update!r}; choose one of {FUSED_UPDATE}"
-            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision: unknown {self.precision!r}; choose one of {PRECISIONS}")
-        if self.param_dtype not in PARAM_DTYPES:
+        if self.speed.param_dtype != "float32" and self.precision == "fp32":
             raise ValueError(
-                f"train.param_dtype: unknown {self.param_dtype!r}; choose one of {tuple(PARAM_DTYPES)}"
-            )
-        if self.param_dtype != "float32" and (self.precision == "fp32" or self.fused_update == "off"):
-            raise ValueError(
-                f"train.param_dtype={self.param_dtype} needs bf16 autocast (train.precision auto or "
-                "bf16) and the fused update, which keeps the float32 master weights "
-                "(train.fused_update auto or on)"
-            )
-        if self.ema_overlap and self.fused_update == "off":
-            raise ValueError(
-                "train.ema_overlap needs the fused update (train.fused_update auto or on): the "
-                "late EMA step is part of it"
-            )
-        if self.cuda_graph and self.fused_update == "off":
-            raise ValueError(
-                "train.cuda_graph needs the fused update (train.fused_update auto or on): the "
-                "reference update reads its learning rate on the host"
-            )
-        if self.cuda_graph and self.compile_mode in ("reduce-overhead", "max-autotune"):
-            raise ValueError(
-                f"train.cuda_graph: train.compile_mode={self.compile_mode} records CUDA graphs of "
-                "its own, which cannot nest in the step's graph; use default or "
-                "max-autotune-no-cudagraphs"
-            )
-        if self.float8 not in FLOAT8_RECIPES:
-            raise ValueError(f"train.float8: unknown {self.float8!r}; choose one of {FLOAT8_RECIPES}")
-        if isinstance(self.float8_modules, str) or not self.float8_modules:
-            raise ValueError(
-                "train.float8_modules: expected a non-empty list of name patterns, "
-                f"got {self.float8_modules!r}"
+                f"train.speed.param_dtype={self.speed.param_dtype} needs bf16 autocast (train.precision "
+                "auto or bf16)"
             )
 
 
@@ -271,25 +213,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def compile_regions(model: nn.Module, patterns: tuple[str, ...], mode: str = "default") -> list[str]:
-    """Compile, in place, each submodule whose qualified name matches one of ``patterns``.
-
-    Only outermost matches are compiled (a match inside a compiled module is part of its graph).
-    Returns the compiled names; raises ``ValueError`` naming the patterns when nothing matches.
-    """
-    names: list[str] = []
-    for name, module in model.named_modules():
-        if not name or not any(fnmatchcase(name, p) for p in patterns):
-            continue
-        if any(name.startswith(parent + ".") for parent in names):
-            continue
-        module.compile(mode=mode)
-        names.append(name)
-    if not names:
-        raise ValueError(f"train.compile_regions: no submodule of the model matches {list(patterns)}")
-    return names
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return getattr(model, "module", model)  # DDP
@@ -299,6 +222,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class Trainer:
+    """Set up in the order each part needs: device and processes, the model and its EMA, the
+    speed options that change the model (``train.speed``), the optimiser and update, then how
+    the step runs (DDP, compile, CUDA graph). :meth:`fit` resumes and runs the loop."""
+
     def __init__(self, cfg: TrainConfig, task: Task, experiment_config: Any = None):
         self.cfg, self.task = cfg, task
         self.experiment_config = experiment_config if experiment_config is not None else cfg
@@ -320,81 +247,47 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self.step = 0
-
         seed_everything(cfg.seed + self.dist.rank)
 
+        # the model, and its EMA (which keeps plain layers and float32 weights: it samples)
         self.model = task.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.float8_layers: list[str] = []  # the EMA keeps plain nn.Linear: it samples in bf16/fp32
-        if cfg.float8 != "off":
-            self.float8_layers = convert_to_float8(self.model, cfg.float8, cfg.float8_modules)
-        # low-precision parameters: float32 masters (trained floating-point parameters only)
-        self._trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.master_params: list[torch.Tensor] | None = None
-        if cfg.param_dtype != "float32":
-            if not use_bf16:
-                raise ValueError(
-                    f"train.param_dtype={cfg.param_dtype} needs bf16 autocast: train.precision=bf16, "
-                    "or auto on a GPU"
-                )
-            self.master_params = [p.detach().float().clone() for _, p in self._trained]
-            for _, p in self._trained:  # requires_grad: floating point
-                p.data = p.data.to(PARAM_DTYPES[cfg.param_dtype])
-        params = [p for _, p in self._trained]
+        # speed options that change the model: FP8 layers, bf16 weights + float32 masters, regions
+        self.speed = SpeedSetup(cfg.speed, self.device, use_bf16)
+        self._trained = self.speed.prepare(self.model)
+        # optimiser and update (fused: clip + AdamW + EMA in one pass)
         self.optimizer = torch.optim.AdamW(
-            params,
+            [p for _, p in self._trained],
             lr=cfg.lr,
             betas=cfg.betas,
             weight_decay=cfg.weight_decay,
             fused=self.device.type == "cuda",
         )
-        self.compiled_regions: list[str] = []
-        if cfg.compile and cfg.compile_regions:  # in place, before DDP wraps the model
-            self.compiled_regions = compile_regions(self.model, cfg.compile_regions, cfg.compile_mode)
-        train_model: nn.Module = self.model
-        if self.dist.world > 1:
-            train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if kind == "cuda" else None
-            )
-        if cfg.compile and not cfg.compile_regions:
-            train_model = torch.compile(train_model, mode=cfg.compile_mode)
-        self.train_model = train_model
         self._ema_params = list(self.ema.parameters())
         self._model_params = list(self.model.parameters())
-        fused = cfg.fused_update == "on" or (cfg.fused_update == "auto" and cfg.compile and kind == "cuda")
-        fused = fused or self.master_params is not None  # the masters live in the fused update
-        fused = fused or cfg.cuda_graph  # a graph needs the update's rates on the device
-        fused = fused or cfg.ema_overlap
-        self.fused_update: FusedUpdate | None = None
-        if fused:
-            ema_trained = [e for e, p in zip(self._ema_params, self._model_params) if p.requires_grad]
-            self.fused_update = FusedUpdate(
-                self.optimizer,
-                ema_trained,
-                cfg.grad_clip,
-                compile=cfg.compile and kind == "cuda",
-                master_params=self.master_params,
-                defer_ema=cfg.ema_overlap,
-            )
-        # the late EMA step's stream (train.ema_overlap); None: in line
-        self._ema_stream = torch.cuda.Stream(self.device) if cfg.ema_overlap and kind == "cuda" else None
-        self.graphed_step: GraphedStep | None = None
-        if cfg.cuda_graph:
-            problems = []
-            if kind != "cuda":
-                problems.append("a CUDA device")
-            if self.dist.world > 1:
-                problems.append(f"one process (this run has {self.dist.world})")
-            if not hasattr(task, "graph_key"):
-                problems.append(f"a task with graph_key(step) ({type(task).__name__} has none)")
-            if problems:
-                raise ValueError("train.cuda_graph needs " + " and ".join(problems))
-            self.graphed_step = GraphedStep(  # it hands the loss the step as a device tensor
-                self._device_step,
-                task.graph_key,
-                cfg.cuda_graph_warmup,
-                before_capture=lambda: self.optimizer.zero_grad(set_to_none=True),
-            )
+        ema_trained = [e for e, p in zip(self._ema_params, self._model_params) if p.requires_grad]
+        self.fused_update: FusedUpdate | None = self.speed.update(self.optimizer, ema_trained, cfg.grad_clip)
+        # how the step runs: DDP, compiled, recorded as a CUDA graph
+        self.train_model = self.speed.wrap(self.model, self.dist.world)
+        self.graphed_step: GraphedStep | None = self.speed.graph(
+            self._device_step,
+            task,
+            self.dist.world,
+            before_capture=lambda: self.optimizer.zero_grad(set_to_none=True),
+        )
+
+    @property
+    def master_params(self) -> list[torch.Tensor] | None:
+        """float32 master weights of bf16 parameters (``train.speed.param_dtype``), else ``None``."""
+        return self.speed.master_params
+
+    @property
+    def float8_layers(self) -> list[str]:
+        return self.speed.float8_layers
+
+    @property
+    def compiled_regions(self) -> list[str]:
+        return self.speed.compiled_regions
 
     # -- state ---------------------------------------------------------------------------------
     def model_state_dict(self) -> dict[str, Any]:
@@ -405,13 +298,7 @@ class Trainer:
                 state[name] = master
         return state
 
-    def flush_ema(self) -> None:
-        """Apply a pending (``train.ema_overlap``) EMA step: the EMA is then current."""
-        if self.fused_update is not None:
-            self.fused_update.flush_ema()
-
     def state_dict(self) -> dict[str, Any]:
-        self.flush_ema()
         state = {
             "step": self.step,
             "model": self.model_state_dict(),
@@ -429,8 +316,6 @@ class Trainer:
             self.graphed_step.reset()
         self.model.load_state_dict(state["model"])  # rounds into bf16 parameters where they are
         self.ema.load_state_dict(state["ema"])
-        if self.fused_update is not None:  # the saved EMA was flushed: nothing is pending
-            self.fused_update.discard_pending_ema()
         if self.master_params is None:
             self.optimizer.load_state_dict(state["optimizer"])
         else:
@@ -481,7 +366,7 @@ class Trainer:
 
     def train_step(self, batch: Any) -> ObjectiveOutput:
         """One step on ``batch``: loss, backward, clip + AdamW + EMA (replayed from a CUDA graph
-        under ``train.cuda_graph``)."""
+        under ``train.speed.cuda_graph``)."""
         lr, ema_decay = self.lr_at(self.step), self.ema_decay_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -493,16 +378,8 @@ class Trainer:
 
     def _device_step(self, batch: Any, step: int | torch.Tensor) -> ObjectiveOutput:
         """The device work of one step; with the fused update it reads no host state but
-        ``step`` (through the task; a device tensor under ``train.cuda_graph``) and can be
+        ``step`` (through the task; a device tensor under ``train.speed.cuda_graph``) and can be
         recorded as a CUDA graph."""
-        late_ema = self.fused_update is not None and self.fused_update.defer_ema
-        if late_ema:  # the last step's EMA step, beside this step's forward and backward
-            if self._ema_stream is not None:
-                self._ema_stream.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(self._ema_stream):
-                    self.fused_update.pending_ema()
-            else:
-                self.fused_update.pending_ema()
         with torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.float32,
@@ -510,8 +387,6 @@ class Trainer:
         ):
             out = self.task.loss(self.train_model, batch, step)
         out.loss.backward()
-        if late_ema and self._ema_stream is not None:  # it reads the weights apply() writes
-            torch.cuda.current_stream(self.device).wait_stream(self._ema_stream)
         if self.fused_update is not None:  # the same update as below, in one pass
             grad_norm = self.fused_update.apply()
         else:
@@ -603,13 +478,11 @@ class Trainer:
                 last.update(self.evaluate(logger))
         bar.close()
         logger.close()
-        self.flush_ema()  # the EMA a caller reads after fit() is current
         return last
 
     def evaluate(self, logger: MetricsLogger) -> dict[str, float]:
         if not hasattr(self.task, "evaluate"):
             return {}
-        self.flush_ema()
         results: dict[str, float] = {}
         if self.dist.is_main:
             self.model.eval()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from reed_core.config import ConfigError, config_from_dict
+from reed_core.config import ConfigError, RenamedKeyError, config_from_dict
 from reed_core.train import CheckpointError, load_checkpoint
 from reed_image.configs import ImageConfig
 from reed_image.models import SiT, build_sit
@@ -27,6 +27,8 @@ def load_denoiser(
     state = load_checkpoint(path, map_location="cpu")
     try:
         cfg = config_from_dict(ImageConfig, state["config"])
+    except RenamedKeyError as err:
+        raise CheckpointError(f"checkpoint {path}: its config uses keys of an older version: {err}") from err
     except (KeyError, ConfigError) as err:
         raise CheckpointError(f"checkpoint {path}: not a reed-image run ({err})") from err
     key = "ema" if weights == "ema" else "model"

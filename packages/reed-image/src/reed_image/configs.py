@@ -1,37 +1,54 @@
 """Experiment configs for reed-image: nested frozen dataclasses and named presets.
 
-One :class:`ImageConfig` holds the model, data, objective (interpolant, time sampling, alignment
-targets, curriculum), trainer, sampler and evaluation settings. Presets are functions; a config
-file (``--config FILE``) and ``key=value`` overrides apply on top, e.g.::
+One :class:`ImageConfig` holds the model, data, objective (interpolant, time sampling), the REED
+recipe (``reed``: alignment targets and curriculum, :class:`reed_core.recipe.ReedConfig`), trainer,
+sampler and evaluation settings. Presets are functions; a config file (``--config FILE``) and
+``key=value`` overrides apply on top, e.g.::
 
-    python -m reed_image.train --preset fmnist-reed train.steps=4000 objective.targets.caption.depth=8
+    python -m reed_image.train --preset fmnist-reed train.steps=4000 reed.targets.caption.depth=8
 
 Vanilla SiT, single-target (REPA-like) and REED training are the same code: the presets differ
 only in which targets are enabled and in the curriculum.
+
+A target's ``options`` (strings) say what kind of representation ``z_k`` is:
+
+    kind        vision: ``encoder`` is a vision encoder (``efficientnet-lite0``, ``dinov2-b``, any
+                timm name); tokens ``[L, D]`` on the encoder grid, resampled to the SiT token grid,
+                compared per token (pooling ``token``). The default.
+                caption: ``captioner`` writes a sentence per image, ``encoder`` embeds it
+                (``minilm``, a sentence-transformers name, ``hf:<name>``, or ``table:<file.npz>``
+                of precomputed sentence embeddings); compared with the mean-pooled hidden state.
+    captioner   caption: ``attributes`` (default) or a captioning model (reed_image.targets.captions).
+    input_size  vision: side of the encoder's input images (default: the encoder's own).
+
+``store`` is the target's feature-store folder (default ``RUN_DIR/features/<name>``), built once
+(``python -m reed_image.features``) when missing; ``dim`` is read from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from reed_core.curriculum import CurriculumConfig
-from reed_core.decomposition import AlphaSpec
-from reed_core.schedules import Schedule, constant, linear_warmup
+from reed_core.recipe import ReedConfig, TargetConfig
+from reed_core.schedules import constant, linear_warmup
+from reed_core.speed import SpeedConfig
 from reed_core.train import TrainConfig
 from reed_image.models.sit import SiTConfig
 from reed_image.samplers import SamplerConfig
 
 TARGET_KINDS = ("vision", "caption")
-# the token-by-feature matmuls of SiT's blocks: what train.float8 converts (the per-sample adaLN
-# linears, embedders, final layer and alignment projectors stay in bf16)
+TARGET_OPTIONS = ("kind", "captioner", "input_size")
+# the token-by-feature matmuls of SiT's blocks: what train.speed.float8 converts (the per-sample
+# adaLN linears, embedders, final layer and alignment projectors stay in bf16)
 SIT_FLOAT8_MODULES = (
     "denoiser.blocks.*.attn.qkv",
     "denoiser.blocks.*.attn.proj",
     "denoiser.blocks.*.mlp.fc1",
     "denoiser.blocks.*.mlp.fc2",
 )
-LOCATIONS = ("host", "device", "mmap")
 
 
 @dataclass(frozen=True)
@@ -52,48 +69,14 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TargetConfig:
-    """One alignment target ``z_k``: where it comes from and how SiT is aligned to it.
-
-    vision: ``encoder`` is a vision encoder (``efficientnet-lite0``, ``dinov2-b``, any timm name);
-    tokens ``[L, D]`` on the encoder grid, resampled to the SiT token grid, compared per token.
-    caption: ``captioner`` writes a sentence per image, ``encoder`` embeds it (``minilm``,
-    a sentence-transformers name, ``hf:<name>``, or ``table:<file.npz>`` of precomputed
-    sentence embeddings); compared with the mean-pooled hidden state.
-    store: feature-store folder; built once (``python -m reed_image.features``) when missing.
-    """
-
-    kind: str = "vision"
-    enabled: bool = True
-    encoder: str = "efficientnet-lite0"
-    checkpoint: str | None = None
-    input_size: int | None = None  # vision: encoder input side (None: the encoder's default)
-    captioner: str = "attributes"
-    store: str | None = None  # None: RUN_DIR/features/<name>
-    location: str = "host"  # host (pinned RAM) | device (GPU memory) | mmap (read per batch)
-    depth: int = 4  # 1-based SiT block
-    weight: float = 0.5  # lambda_k
-    pooling: str = "token"
-    alpha: AlphaSpec = field(default_factory=AlphaSpec)
-    projector_hidden: int = 2048
-    projector_layers: int = 3
-
-    def __post_init__(self) -> None:
-        if self.kind not in TARGET_KINDS:
-            raise ValueError(f"kind: unknown {self.kind!r}; choose one of {TARGET_KINDS}")
-        if self.location not in LOCATIONS:
-            raise ValueError(f"location: unknown {self.location!r}; choose one of {LOCATIONS}")
-
-
-@dataclass(frozen=True)
 class ObjectiveConfig:
     interpolant: str = "linear"  # linear | cosine
     time_sampling: str = "uniform"  # uniform | lognormal
     P_mean: float = 0.0
     P_std: float = 1.0
     class_dropout: float = 0.1  # p(y -> null label) for classifier-free guidance
-    targets: dict[str, TargetConfig] = field(default_factory=dict)
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+
+    RENAMED: ClassVar[dict[str, str]] = {"targets": "reed.targets", "curriculum": "reed.curriculum"}
 
 
 @dataclass(frozen=True)
@@ -114,23 +97,75 @@ class ImageConfig:
     model: SiTConfig = field(default_factory=SiTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    reed: ReedConfig = field(default_factory=ReedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SamplerConfig = field(default_factory=SamplerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     vae: str | None = None  # latents: AutoencoderKL (hub name or folder) to decode samples
+
+    def __post_init__(self) -> None:
+        for name, t in self.reed.targets.items():
+            check_target(name, t)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a target's options mean here (module docstring)
+
+
+def target_kind(t: TargetConfig) -> str:
+    return t.options.get("kind", "vision")
+
+
+def target_captioner(t: TargetConfig) -> str:
+    return t.options.get("captioner", "attributes")
+
+
+def target_input_size(t: TargetConfig) -> int | None:
+    """The vision encoder's input side, ``None`` for the encoder's default."""
+    size = t.options.get("input_size", "")
+    return int(size) if size else None
+
+
+def check_target(name: str, t: TargetConfig) -> None:
+    """A target's options and pooling fit its kind; errors name ``reed.targets.<name>.<key>``."""
+    where = f"reed.targets.{name}"
+    unknown = sorted(set(t.options) - set(TARGET_OPTIONS))
+    if unknown:
+        raise ValueError(f"{where}.options: unknown {unknown}; reed-image reads {TARGET_OPTIONS}")
+    kind = target_kind(t)
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"{where}.options.kind: unknown {kind!r}; choose one of {TARGET_KINDS}")
+    size = t.options.get("input_size", "")
+    if size and not (size.isdigit() and int(size) > 0):
+        raise ValueError(f"{where}.options.input_size: expected a positive integer, got {size!r}")
+    pooling = {"vision": ("token",), "caption": ("mean", "sum")}[kind]
+    if t.pooling not in pooling:
+        raise ValueError(
+            f"{where}.pooling: a {kind} target is compared with pooling {' or '.join(pooling)}, "
+            f"got {t.pooling!r}"
+        )
+    if not isinstance(t.depth, int):
+        raise ValueError(f"{where}.depth: give SiT's 1-based block index, got {t.depth!r}")
 
 
 # ---------------------------------------------------------------------------------------------
 # targets of the paper's recipe, scaled to the model's depth
 
 
-def vision_target(depth: int, **kw) -> TargetConfig:
-    return TargetConfig(kind="vision", depth=depth, pooling="token", **kw)
+def vision_target(
+    depth: int, encoder: str = "efficientnet-lite0", input_size: int | None = None, weight: float = 0.5, **kw
+) -> TargetConfig:
+    """Encoder tokens at SiT block ``depth``, compared per token."""
+    options = {"kind": "vision"} | ({"input_size": str(input_size)} if input_size else {})
+    return TargetConfig(encoder=encoder, depth=depth, pooling="token", weight=weight, options=options, **kw)
 
 
-def caption_target(depth: int, **kw) -> TargetConfig:
-    kw.setdefault("encoder", "minilm")
-    return TargetConfig(kind="caption", depth=depth, pooling="mean", **kw)
+def caption_target(
+    depth: int, encoder: str = "minilm", captioner: str = "attributes", weight: float = 0.5, **kw
+) -> TargetConfig:
+    """The embedding of each image's caption at SiT block ``depth``, compared mean-pooled."""
+    options = {"kind": "caption", "captioner": captioner}
+    return TargetConfig(encoder=encoder, depth=depth, pooling="mean", weight=weight, options=options, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +179,7 @@ def imagenet_reed() -> ImageConfig:
     return ImageConfig(
         model=SiTConfig(arch="SiT-XL/2", input_size=32, in_channels=4, num_classes=1000),
         data=DataConfig(source="latents", path="data/imagenet256-latents.npz", on_device=False),
-        objective=ObjectiveConfig(
+        reed=ReedConfig(
             targets={
                 "vision": vision_target(8, encoder="dinov2-b", weight=0.5, input_size=224),
                 "caption": caption_target(16, encoder="minilm", weight=0.25),
@@ -152,14 +187,13 @@ def imagenet_reed() -> ImageConfig:
             curriculum=CurriculumConfig(w_diff=linear_warmup(0, 50_000), w_align=constant()),
         ),
         train=TrainConfig(
-            float8_modules=SIT_FLOAT8_MODULES,
             run_dir="runs/imagenet-reed",
             steps=4_000_000,
             batch_size=256,
             lr=1e-4,
             ema_decay=0.9999,
             ema_warmup=False,
-            compile=True,
+            speed=SpeedConfig(compile=True, float8_modules=SIT_FLOAT8_MODULES),
             ckpt_every=10_000,
             log_every=100,
             eval_every=50_000,
@@ -184,16 +218,15 @@ def fmnist_vanilla() -> ImageConfig:
     return ImageConfig(
         model=SiTConfig(arch="SiT-S/2", input_size=32, in_channels=1, num_classes=10),
         data=DataConfig(source="fashion-mnist", resolution=32, fit="pad"),
-        objective=ObjectiveConfig(targets=_fmnist_targets(vision=False, caption=False)),
+        reed=ReedConfig(targets=_fmnist_targets(vision=False, caption=False)),
         train=TrainConfig(
-            float8_modules=SIT_FLOAT8_MODULES,
             run_dir="runs/fmnist-vanilla",
             steps=2000,
             batch_size=128,
             lr=2e-4,
             ema_decay=0.9999,
             ema_warmup=True,
-            compile=True,
+            speed=SpeedConfig(compile=True, float8_modules=SIT_FLOAT8_MODULES),
             log_every=50,
             ckpt_every=1000,
             eval_every=250,
@@ -209,7 +242,7 @@ def fmnist_repa() -> ImageConfig:
     cfg = fmnist_vanilla()
     return replace(
         cfg,
-        objective=replace(cfg.objective, targets=_fmnist_targets(vision=True, caption=False)),
+        reed=replace(cfg.reed, targets=_fmnist_targets(vision=True, caption=False)),
         train=replace(cfg.train, run_dir="runs/fmnist-repa"),
     )
 
@@ -222,9 +255,7 @@ def fmnist_reed() -> ImageConfig:
     curriculum = CurriculumConfig(w_diff=linear_warmup(0, 50), w_align=constant())
     return replace(
         cfg,
-        objective=replace(
-            cfg.objective, targets=_fmnist_targets(vision=True, caption=True), curriculum=curriculum
-        ),
+        reed=ReedConfig(targets=_fmnist_targets(vision=True, caption=True), curriculum=curriculum),
         train=replace(cfg.train, run_dir="runs/fmnist-reed"),
     )
 
@@ -244,7 +275,7 @@ def quickstart() -> ImageConfig:
             num_heads=4,
         ),
         data=DataConfig(source="fashion-mnist", resolution=32, fit="pad", limit=2048),
-        objective=ObjectiveConfig(
+        reed=ReedConfig(
             targets={
                 "vision": vision_target(
                     2, encoder="efficientnet-lite0", input_size=64, weight=0.5, projector_hidden=256
@@ -254,14 +285,13 @@ def quickstart() -> ImageConfig:
             curriculum=CurriculumConfig(w_diff=linear_warmup(0, 20), w_align=constant()),
         ),
         train=TrainConfig(
-            float8_modules=SIT_FLOAT8_MODULES,
             run_dir="runs/quickstart",
             steps=600,
             batch_size=32,
             lr=1e-3,
             ema_decay=0.999,
             ema_warmup=True,
-            compile=False,
+            speed=SpeedConfig(compile=False, float8_modules=SIT_FLOAT8_MODULES),
             log_every=50,
             ckpt_every=300,
             eval_every=0,
@@ -283,6 +313,6 @@ PRESETS: dict[str, Callable[[], ImageConfig]] = {
 }
 
 __all__ = [
-    "DataConfig", "EvalConfig", "ImageConfig", "ObjectiveConfig", "PRESETS", "Schedule",
-    "TargetConfig", "caption_target", "vision_target",
+    "DataConfig", "EvalConfig", "ImageConfig", "ObjectiveConfig", "PRESETS", "caption_target",
+    "check_target", "target_captioner", "target_input_size", "target_kind", "vision_target",
 ]  # fmt: skip

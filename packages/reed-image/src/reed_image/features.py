@@ -2,9 +2,9 @@
 
     python -m reed_image.features --preset fmnist-reed                    # every enabled target
     python -m reed_image.features --preset fmnist-reed --targets caption --rebuild
-    python -m reed_image.features --preset fmnist-reed objective.targets.vision.store=feats/vision
+    python -m reed_image.features --preset fmnist-reed reed.targets.vision.store=feats/vision
 
-Stores go to ``objective.targets.<name>.store`` (default ``RUN_DIR/features/<name>``); training
+Stores go to ``reed.targets.<name>.store`` (default ``RUN_DIR/features/<name>``); training
 then streams them. Vision stores hold encoder tokens ``[L, D]`` per image, caption stores one
 embedding ``[1, D]`` per image plus ``captions.npz`` (distinct sentences, embeddings, index).
 """
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    enabled = {k: t for k, t in cfg.objective.targets.items() if t.enabled}
+    enabled = cfg.reed.enabled
     names = args.targets.split(",") if args.targets else list(enabled)
     unknown = [n for n in names if n not in enabled]
     if unknown:

@@ -21,12 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from reed_core.alignment import AlignmentTarget
-from reed_core.curriculum import Curriculum
-from reed_core.model import ReedModel
-from reed_core.objective import ObjectiveOutput, ReedObjective
+from reed_core.objective import ObjectiveOutput
+from reed_core.recipe import assemble
 from reed_core.train import EpochSampler, seed_everything
-from reed_image.configs import ImageConfig, TargetConfig
+from reed_image.configs import ImageConfig
 from reed_image.data import ImageBatch, ImageSet, load_source, to_unit_range
 from reed_image.data.latents import sample_posterior
 from reed_image.image_io import save_grid
@@ -59,19 +57,6 @@ def check_model_fits_data(cfg: ImageConfig, images: ImageSet) -> None:
         raise ValueError(f"data {images.name!r} do not fit the model: " + "; ".join(problems))
 
 
-def alignment_targets(targets: dict[str, TargetConfig], dims: dict[str, int]) -> list[AlignmentTarget]:
-    return [
-        AlignmentTarget(
-            name, t.depth, dims[name], t.pooling, t.weight, t.alpha, t.projector_hidden, t.projector_layers
-        )
-        for name, t in targets.items()
-    ]
-
-
-def enabled_targets(cfg: ImageConfig) -> dict[str, TargetConfig]:
-    return {k: t for k, t in cfg.objective.targets.items() if t.enabled}
-
-
 def build_denoiser(cfg: ImageConfig) -> SiT:
     return build_sit(cfg.model)  # SiT, or FusedSiT with model.kernels
 
@@ -90,18 +75,18 @@ class ImageTask:
         check_model_fits_data(cfg, self.images)
         if cfg.model.cublaslt_plans:
             install_cublaslt_plans(cfg.model.cublaslt_plans, self.device)
-        self.targets = enabled_targets(cfg)
+        self.targets = cfg.reed.enabled
         depth = cfg.model.resolved()[0]
         for name, tcfg in self.targets.items():  # fail before any store is built
             if not 1 <= tcfg.depth <= depth:
                 raise ValueError(
-                    f"objective.targets.{name}.depth: {tcfg.depth} is outside the model's blocks "
+                    f"reed.targets.{name}.depth: {tcfg.depth} is outside the model's blocks "
                     f"1..{depth} ({cfg.model.arch})"
                 )
         self.tables: dict[str, TargetTable] = {}
         for name, tcfg in self.targets.items():
-            if not build_stores and tcfg.store is None:
-                raise ValueError(f"objective.targets.{name}.store: not set and building is off")
+            if not build_stores and not tcfg.store:
+                raise ValueError(f"reed.targets.{name}.store: not set and building is off")
             store = ensure_store(name, tcfg, self.images, cfg.train.run_dir, self.device)
             self.tables[name] = TargetTable(store, self.images.ids, tcfg.location, self.device)
         self._x = self.images.images.to(self.device) if d.on_device else self.images.images
@@ -110,10 +95,8 @@ class ImageTask:
         seed_everything(cfg.train.seed)  # the initialisation depends on the run seed only
         self.denoiser = build_denoiser(cfg)
         dims = {name: table.dim for name, table in self.tables.items()}
-        specs = alignment_targets(self.targets, dims)
-        self.model = ReedModel(self.denoiser, specs)
-        self.curriculum = Curriculum(cfg.objective.curriculum, list(self.targets))
-        self.objective = ReedObjective(self.curriculum, {t.name: t for t in specs})
+        recipe = assemble(self.denoiser, cfg.reed, target_dims=dims)
+        self.model, self.curriculum, self.objective = recipe.model, recipe.curriculum, recipe.objective
         self.interpolant = Interpolant(cfg.objective.interpolant)
         self.time_sampler = TimeSampler(
             cfg.objective.time_sampling, cfg.objective.P_mean, cfg.objective.P_std
@@ -161,7 +144,7 @@ class ImageTask:
     # -- objective -------------------------------------------------------------------------------
     def graph_key(self, step: int) -> tuple:
         """None of ``loss``'s host values depend on ``step``: given the step as a tensor (under
-        ``train.cuda_graph``), the curriculum is evaluated on the device."""
+        ``train.speed.cuda_graph``), the curriculum is evaluated on the device."""
         return ()
 
     def loss(self, model: nn.Module, batch: ImageBatch, step: int) -> ObjectiveOutput:

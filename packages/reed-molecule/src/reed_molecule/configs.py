@@ -10,18 +10,24 @@ Presets (``--preset NAME``):
                         steps). The paper's 30-epoch diffusion warm-up is longer than this whole
                         budget (a few epochs), so it is scaled down to 150 steps.
     tiny                a CPU smoke configuration
+
+The REED recipe is reed-core's ``reed`` section (:class:`reed_core.recipe.ReedConfig`): each
+target ``z_k`` is read from a FeatureStore (``reed.targets.<name>.store``, keyed by molecule id,
+built by ``python -m reed_molecule.targets``; ``encoder`` names what built it), and the
+curriculum is ``reed.curriculum`` (``w_diff``, ``w_align``, ``unit`` step | epoch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
-from reed_core.decomposition import AlphaSpec
+from reed_core.curriculum import CurriculumConfig
+from reed_core.recipe import ReedConfig, TargetConfig
+from reed_core.schedules import linear_warmup
 from reed_core.train import TrainConfig
 from reed_molecule.models.equivariant import DenoiserConfig
 from reed_molecule.objective import FlowConfig
-
-CURRICULUM_UNITS = ("step", "epoch")
 
 
 @dataclass(frozen=True)
@@ -32,36 +38,6 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "test"
     limit: int = 0  # > 0: use only the first N training molecules (smoke tests)
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    """One alignment target ``z_k``: a FeatureStore built by ``python -m reed_molecule.targets``."""
-
-    store: str = ""  # FeatureStore folder (keyed by molecule id)
-    depth: int = 5  # 1-based layer of the denoiser
-    dim: int = 512
-    pooling: str = "mean"  # masked mean over real atoms -> one vector per molecule
-    weight: float = 0.2  # lambda_k
-    alpha: AlphaSpec = field(default_factory=AlphaSpec)
-    projector_hidden: int = 1024
-    projector_layers: int = 3
-
-
-@dataclass(frozen=True)
-class CurriculumSpec:
-    """``w_diff``: 0 -> 1 linearly over ``diffusion_warmup`` (in ``unit``); ``w_align``: constant,
-    or cosine-decayed to 0 at ``align_decay_end`` when > 0."""
-
-    unit: str = "epoch"
-    diffusion_warmup: float = 0.0
-    align_decay_end: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.unit not in CURRICULUM_UNITS:
-            raise ValueError(f"curriculum.unit: unknown {self.unit!r}; choose one of {CURRICULUM_UNITS}")
-        if self.diffusion_warmup < 0 or self.align_decay_end < 0:
-            raise ValueError("curriculum: diffusion_warmup and align_decay_end must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -95,9 +71,24 @@ class MoleculeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: DenoiserConfig = field(default_factory=DenoiserConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
-    targets: dict[str, TargetConfig] = field(default_factory=dict)
-    curriculum: CurriculumSpec = field(default_factory=CurriculumSpec)
+    reed: ReedConfig = field(default_factory=lambda: ReedConfig(curriculum=CurriculumConfig(unit="epoch")))
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    RENAMED: ClassVar[dict[str, str]] = {"targets": "reed.targets", "curriculum": "reed.curriculum"}
+
+
+def chemnet_target(store: str = "data/features/qm9_chemnet", depth: int = 5) -> TargetConfig:
+    """The paper's molecule target: the ChemNet SMILES embedding (512-d) at denoiser layer
+    ``depth``, masked mean over real atoms -> one vector per molecule, lambda 0.2."""
+    return TargetConfig(
+        encoder="chemnet",
+        store=store,
+        depth=depth,
+        dim=512,
+        pooling="mean",
+        weight=0.2,
+        projector_hidden=1024,
+    )
 
 
 def qm9_baseline() -> MoleculeConfig:
@@ -109,12 +100,10 @@ def qm9_reed() -> MoleculeConfig:
     return replace(
         cfg,
         train=replace(cfg.train, run_dir="runs/qm9_reed"),
-        targets={
-            "chemnet": TargetConfig(
-                store="data/features/qm9_chemnet", depth=5, dim=512, pooling="mean", weight=0.2
-            )
-        },
-        curriculum=CurriculumSpec(unit="epoch", diffusion_warmup=30.0),
+        reed=ReedConfig(
+            targets={"chemnet": chemnet_target()},
+            curriculum=CurriculumConfig(w_diff=linear_warmup(0, 30), unit="epoch"),
+        ),
     )
 
 
@@ -144,7 +133,8 @@ def qm9_budget_baseline() -> MoleculeConfig:
 
 def qm9_budget_reed() -> MoleculeConfig:
     cfg = _budget(qm9_reed(), "runs/qm9_budget_reed")
-    return replace(cfg, curriculum=CurriculumSpec(unit="step", diffusion_warmup=150.0))
+    curriculum = CurriculumConfig(w_diff=linear_warmup(0, 150), unit="step")
+    return replace(cfg, reed=replace(cfg.reed, curriculum=curriculum))
 
 
 def tiny() -> MoleculeConfig:
@@ -165,8 +155,10 @@ def tiny() -> MoleculeConfig:
             lr_warmup_steps=0,
         ),
         model=DenoiserConfig(scalars=16, vectors=4, edge_dim=8, num_layers=3, num_rbf=8),
-        targets={"chemnet": replace(cfg.targets["chemnet"], depth=2, projector_hidden=32)},
-        curriculum=CurriculumSpec(unit="step", diffusion_warmup=2.0),
+        reed=ReedConfig(
+            targets={"chemnet": replace(cfg.reed.targets["chemnet"], depth=2, projector_hidden=32)},
+            curriculum=CurriculumConfig(w_diff=linear_warmup(0, 2), unit="step"),
+        ),
         eval=EvalConfig(num_samples=4, sample_steps=3, batch_size=4, mmff=False),
     )
 

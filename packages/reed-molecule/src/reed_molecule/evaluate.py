@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         from reed_molecule.sample import generate, load_run
 
         denoiser, cfg, vocab, counts = load_run(Path(args.run_dir) / "checkpoints" / "last.pt", args.device)
-        chemnet_target = "chemnet" in cfg.targets
+        chemnet_target = "chemnet" in cfg.reed.enabled
         num_atoms = counts.sample(args.num, np.random.default_rng(args.seed))
         mols = generate(denoiser, cfg, vocab, num_atoms, args.steps, args.seed, args.device)
     else:

@@ -22,7 +22,7 @@ from reed_molecule.sampling import AtomCountDistribution, sample_molecules, writ
 
 def load_run(checkpoint: str | Path, device: str = "cpu", use_ema: bool = True):
     """``(denoiser, cfg, vocab, atom_counts)`` from a training checkpoint."""
-    from reed_core.config import config_from_dict
+    from reed_core.config import RenamedKeyError, config_from_dict
     from reed_core.train import load_checkpoint
     from reed_molecule.configs import MoleculeConfig
     from reed_molecule.task import build_denoiser
@@ -30,7 +30,11 @@ def load_run(checkpoint: str | Path, device: str = "cpu", use_ema: bool = True):
     state = load_checkpoint(checkpoint, map_location=device)
     if "task" not in state or "atom_counts" not in state["task"]:
         raise ValueError(f"checkpoint {checkpoint}: not a reed_molecule run (no atom counts)")
-    cfg = config_from_dict(MoleculeConfig, state["config"])
+    try:
+        cfg = config_from_dict(MoleculeConfig, state["config"])
+    except RenamedKeyError as err:
+        old = f"checkpoint {checkpoint}: its config uses keys of an older version"
+        raise RenamedKeyError(f"{old}: {err}") from None
     vocab = get_vocab(state["task"]["vocab"])
     denoiser = build_denoiser(cfg, vocab)
     weights = state["ema" if use_ema else "model"]

@@ -19,12 +19,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from reed_core.alignment import AlignmentTarget
-from reed_core.curriculum import Curriculum, CurriculumConfig
 from reed_core.features import FeatureStore
-from reed_core.model import ReedModel
-from reed_core.objective import ObjectiveOutput, ReedObjective
-from reed_core.schedules import constant, cosine_decay, linear_warmup
+from reed_core.objective import ObjectiveOutput
+from reed_core.recipe import assemble
 from reed_core.train import EpochSampler, seed_everything
 from reed_molecule.chem import NUM_BOND_CLASSES
 from reed_molecule.configs import MoleculeConfig
@@ -45,28 +42,27 @@ def build_denoiser(cfg: MoleculeConfig, vocab) -> EquivariantDenoiser:
     return EquivariantDenoiser(model_cfg)
 
 
-def load_target_table(store_path: str, mol_ids: np.ndarray, name: str, dim: int) -> torch.Tensor:
-    """``z [M, D]`` (float16) in the order of ``mol_ids``, read from a FeatureStore."""
-    store = FeatureStore.open(store_path)
-    if store.meta.shape != (dim,):
+def load_target_table(store_path: str, mol_ids: np.ndarray, name: str, dim: int = 0) -> torch.Tensor:
+    """``z [M, D]`` (float16) in the order of ``mol_ids``, read from a FeatureStore (``dim``: the
+    expected ``D``; 0 takes the store's)."""
+    if not store_path:
         raise ValueError(
-            f"targets.{name}.dim: is {dim}, but store {store_path} holds vectors of shape {store.meta.shape}"
+            f"reed.targets.{name}.store: not set; build a store with python -m reed_molecule.targets"
+        )
+    store = FeatureStore.open(store_path)
+    if len(store.meta.shape) != 1 or (dim and store.meta.shape != (dim,)):
+        raise ValueError(
+            f"reed.targets.{name}.dim: is {dim}, but store {store_path} holds vectors of shape "
+            f"{store.meta.shape}"
         )
     missing = [int(i) for i in mol_ids[:100000] if str(int(i)) not in store]
     if missing:
         raise ValueError(
-            f"targets.{name}.store: {store_path} has no entry for molecule id "
+            f"reed.targets.{name}.store: {store_path} has no entry for molecule id "
             f"{missing[0]} ({len(missing)} missing); rebuild it for this split"
         )
     z = np.stack([np.asarray(store.example(str(int(i))))[0] for i in mol_ids])
     return torch.from_numpy(z.astype(np.float16))
-
-
-def make_curriculum(cfg: MoleculeConfig) -> CurriculumConfig:
-    c = cfg.curriculum
-    w_diff = linear_warmup(0.0, c.diffusion_warmup) if c.diffusion_warmup > 0 else constant()
-    w_align = cosine_decay(0.0, c.align_decay_end) if c.align_decay_end > 0 else constant()
-    return CurriculumConfig(w_diff=w_diff, w_align=w_align, unit=c.unit)
 
 
 class MoleculeTask:
@@ -84,29 +80,19 @@ class MoleculeTask:
         self.num_classes = (len(self.vocab.atoms), len(self.vocab.charges), NUM_BOND_CLASSES)
 
         denoiser = build_denoiser(cfg, self.vocab)
-        self.targets = [
-            AlignmentTarget(
-                name,
-                t.depth,
-                t.dim,
-                pooling=t.pooling,
-                weight=t.weight,
-                alpha=t.alpha,
-                projector_hidden=t.projector_hidden,
-                projector_layers=t.projector_layers,
-            )
-            for name, t in cfg.targets.items()
-        ]
-        self.model = ReedModel(
-            denoiser, self.targets, hidden_dims={t.name: denoiser.hidden_dim for t in self.targets}
-        )
+        targets = cfg.reed.enabled
         self.z_tables = {
-            name: load_target_table(t.store, self.train.mol_id, name, t.dim)
-            for name, t in cfg.targets.items()
+            name: load_target_table(t.store, self.train.mol_id, name, t.dim) for name, t in targets.items()
         }
         self._z_on_device: dict[str, torch.Tensor] = {}
-        self.curriculum = Curriculum(make_curriculum(cfg), [t.name for t in self.targets])
-        self.objective = ReedObjective(self.curriculum, {t.name: t for t in self.targets})
+        recipe = assemble(
+            denoiser,
+            cfg.reed,
+            target_dims={name: table.shape[1] for name, table in self.z_tables.items()},
+            hidden_dims={name: denoiser.hidden_dim for name in targets},
+        )
+        self.model, self.targets = recipe.model, recipe.targets
+        self.curriculum, self.objective = recipe.curriculum, recipe.objective
         self.sampler = EpochSampler(len(self.train), cfg.train.batch_size, cfg.train.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
 
@@ -185,7 +171,7 @@ class MoleculeTask:
         if e.fcd and len(self.ref_smiles) > 1:
             out["fcd"] = self.fcd(valid_smiles_of(mols, self.vocab), str(next(net.parameters()).device))
             # FCD's ChemNet is also the alignment target of this run: flag it next to the number
-            out["fcd_chemnet_is_target"] = float("chemnet" in self.cfg.targets)
+            out["fcd_chemnet_is_target"] = float("chemnet" in self.cfg.reed.enabled)
         path = Path(run_dir) / "eval.jsonl"
         with open(path, "a") as fh:
             fh.write(json.dumps({"step": step, **out}) + "\n")

@@ -42,11 +42,11 @@ def check_inputs(cfg: MoleculeConfig) -> None:
             f"data.path: {data} does not exist; prepare QM9 with `python -m reed_molecule.data.qm9 "
             f"--out {data}`, or point data.path at a MoleculeArrays .npz"
         )
-    for name, target in cfg.targets.items():
+    for name, target in cfg.reed.enabled.items():
         if not (Path(target.store) / "meta.json").is_file():
             kind = name if name in ("chemnet", "descriptors", "morgan", "unimol") else "KIND"
             raise UserFileError(
-                f"targets.{name}.store: no feature store at {target.store!r}; build it with `python -m "
+                f"reed.targets.{name}.store: no feature store at {target.store!r}; build it with `python -m "
                 f"reed_molecule.targets --data {data} --target {kind} --out {target.store} --split "
                 f"{cfg.data.train_split}`, or leave the target out (--preset qm9_baseline)"
             )

@@ -34,7 +34,7 @@ class CLIError(UserError, ValueError):
 
 def load_denoiser(path: str | Path, weights: str = "ema", device: str = "cpu") -> DiffusionMPNN:
     """The trained denoiser of a reed-protein checkpoint (a ``last.pt`` or its run folder)."""
-    from reed_core.config import ConfigError, config_from_dict
+    from reed_core.config import ConfigError, RenamedKeyError, config_from_dict
     from reed_core.train import CheckpointError, load_checkpoint
     from reed_protein.configs import ProteinConfig
 
@@ -47,6 +47,8 @@ def load_denoiser(path: str | Path, weights: str = "ema", device: str = "cpu") -
         raise CLIError(str(err)) from err
     try:
         cfg = config_from_dict(ProteinConfig, state.get("config", {}))
+    except RenamedKeyError as err:
+        raise CLIError(f"checkpoint {path}: its config uses keys of an older version: {err}") from err
     except ConfigError as err:
         raise CLIError(f"checkpoint {path}: not a reed-protein checkpoint ({err})") from err
     if weights not in ("ema", "raw"):

@@ -3,13 +3,25 @@
 Presets: ``baseline`` (diffusion only), ``reed`` (ProteinMPNN structure + pair targets, the
 offline default), ``reed_esm`` (adds the per-residue ESM-2 "single" target: the paper's three
 targets), ``tiny`` (a CPU smoke test). Budgets are in epochs (``epochs``); the paper's curriculum
-(diffusion warm-up 50 epochs, cosine alignment decay over 200) is given in epochs too.
+(``reed.curriculum``: diffusion warm-up over 50 epochs, cosine alignment decay over 200, unit
+epoch) is given in epochs too, and every target weight is scaled by ``reed.align_scale`` = 0.2.
+
+The recipe is reed-core's :class:`reed_core.recipe.ReedConfig`. A target here is
+``encoder`` (``proteinmpnn`` | ``esm2``), ``feature`` (what the encoder gives: ProteinMPNN
+``structure`` node states or ``pair`` edge states, ESM-2 ``single`` residue embeddings),
+``checkpoint`` (ProteinMPNN weights name/path, or ESM-2 hub name / ``.pt`` path), ``store``
+(precomputed feature store; "" computes ``z`` online) and ``depth`` (a tap point of the model,
+e.g. ``encoder.2.node_out``); a pair target aligns edge states (``*.edge_out``, pooling ``edge``),
+a per-residue one node states (``*.node_out``, pooling ``token``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from reed_core.curriculum import CurriculumConfig
+from reed_core.recipe import ReedConfig, TargetConfig
+from reed_core.schedules import cosine_decay, linear_warmup
 from reed_core.train import TrainConfig
 from reed_protein.models.mpnn import ModelConfig
 from reed_protein.objective import DiffusionConfig
@@ -47,45 +59,52 @@ class DataConfig:
             )
 
 
-@dataclass(frozen=True)
-class TargetConfig:
-    """One alignment target: which encoder output is ``z`` and which tap of the model aligns to it."""
-
-    name: str = "structure"
-    encoder: str = "proteinmpnn"  # proteinmpnn | esm2
-    checkpoint: str = "v_48_020"  # ProteinMPNN weights name/path, or ESM-2 hub name / .pt path
-    feature: str = "structure"  # proteinmpnn: structure | pair; esm2: single
-    depth: str = "encoder.2.node_out"  # tap point (module path) of the model
-    weight: float = 1.0  # lambda_k before reed.align_scale
-    store: str = ""  # precomputed feature store folder; "" computes z online
-
-    def __post_init__(self) -> None:
-        where = f"reed.targets[{self.name!r}]"
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"{where}.encoder: unknown {self.encoder!r}; choose one of {tuple(ENCODERS)}")
-        if self.feature not in ENCODERS[self.encoder]:
-            raise ValueError(
-                f"{where}.feature: {self.encoder} gives {ENCODERS[self.encoder]}, not {self.feature!r}"
-            )
-        if (self.feature == "pair") != self.depth.endswith("edge_out"):
-            raise ValueError(
-                f"{where}.depth: a pair target aligns edge states (*.edge_out) and a "
-                f"per-residue target node states (*.node_out); got {self.depth!r}"
-            )
-
-    @property
-    def pooling(self) -> str:
-        return "edge" if self.feature == "pair" else "token"
+def check_target(name: str, t: TargetConfig) -> None:
+    """A target's encoder, feature, depth and pooling fit together; errors name the key."""
+    where = f"reed.targets.{name}"
+    if t.encoder not in ENCODERS:
+        raise ValueError(f"{where}.encoder: unknown {t.encoder!r}; choose one of {tuple(ENCODERS)}")
+    if t.feature not in ENCODERS[t.encoder]:
+        raise ValueError(f"{where}.feature: {t.encoder} gives {ENCODERS[t.encoder]}, not {t.feature!r}")
+    edge = t.feature == "pair"
+    if not isinstance(t.depth, str) or edge != t.depth.endswith("edge_out"):
+        raise ValueError(
+            f"{where}.depth: a pair target aligns edge states (*.edge_out) and a "
+            f"per-residue target node states (*.node_out); got {t.depth!r}"
+        )
+    if t.pooling != ("edge" if edge else "token"):
+        raise ValueError(
+            f"{where}.pooling: a {t.feature} target needs pooling {'edge' if edge else 'token'!r}, "
+            f"got {t.pooling!r}"
+        )
 
 
-@dataclass(frozen=True)
-class ReedConfig:
-    targets: tuple[TargetConfig, ...] = ()
-    align_scale: float = 0.2  # the paper's overall factor on the target weights
-    diffusion_warmup_epochs: float = 50.0  # w_diff: 0 -> 1 linearly (0: none)
-    align_decay_epochs: float = 200.0  # w_align: cosine 1 -> 0 (0: constant)
-    projector_hidden: int = 512
-    projector_layers: int = 3
+def protein_target(
+    encoder: str, checkpoint: str, feature: str, depth: str, weight: float, store: str = ""
+) -> TargetConfig:
+    """A target of the paper's recipe: lambda ``weight`` (before ``reed.align_scale``), a 3-layer
+    projector 512 wide, pooling by feature (edges for ``pair``)."""
+    return TargetConfig(
+        encoder=encoder,
+        feature=feature,
+        checkpoint=checkpoint,
+        store=store,
+        depth=depth,
+        pooling="edge" if feature == "pair" else "token",
+        weight=weight,
+        projector_hidden=512,
+        projector_layers=3,
+    )
+
+
+def paper_reed(targets: dict[str, TargetConfig] | None = None) -> ReedConfig:
+    """The paper's protein curriculum (w_diff: 0 -> 1 over 50 epochs; w_align: cosine 1 -> 0 over
+    200 epochs) and overall factor 0.2 on the target weights."""
+    return ReedConfig(
+        targets=dict(targets or {}),
+        curriculum=CurriculumConfig(w_diff=linear_warmup(0, 50), w_align=cosine_decay(0, 200), unit="epoch"),
+        align_scale=0.2,
+    )
 
 
 @dataclass(frozen=True)
@@ -121,49 +140,53 @@ class ProteinConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    reed: ReedConfig = field(default_factory=ReedConfig)
+    reed: ReedConfig = field(default_factory=paper_reed)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, int) and self.epochs < 0:
             raise ValueError(f"epochs: must be >= 0 (0: train for train.steps steps), got {self.epochs}")
+        for name, t in self.reed.targets.items():
+            check_target(name, t)
 
 
-def proteinmpnn_targets(store_root: str = "") -> tuple[TargetConfig, ...]:
+def proteinmpnn_targets(store_root: str = "") -> dict[str, TargetConfig]:
     """Paper recipe with ProteinMPNN features: encoder output -> structure (weight 1.0), decoder
     layer 2 edge states -> pair (weight 2.0)."""
     store = (lambda name: f"{store_root}/{name}") if store_root else (lambda name: "")
-    return (
-        TargetConfig(
-            "structure", "proteinmpnn", "v_48_020", "structure", "encoder.2.node_out", 1.0, store("structure")
+    return {
+        "structure": protein_target(
+            "proteinmpnn", "v_48_020", "structure", "encoder.2.node_out", 1.0, store("structure")
         ),
-        TargetConfig("pair", "proteinmpnn", "v_48_020", "pair", "decoder.1.edge_out", 2.0, store("pair")),
-    )
+        "pair": protein_target("proteinmpnn", "v_48_020", "pair", "decoder.1.edge_out", 2.0, store("pair")),
+    }
 
 
 def baseline() -> ProteinConfig:
+    """Diffusion only: no targets, constant weights."""
     cfg = ProteinConfig()
     return replace(
         cfg,
         train=replace(cfg.train, run_dir="runs/protein/baseline"),
-        reed=ReedConfig(targets=(), diffusion_warmup_epochs=0, align_decay_epochs=0),
+        reed=ReedConfig(curriculum=CurriculumConfig(unit="epoch"), align_scale=0.2),
     )
 
 
 def reed() -> ProteinConfig:
-    return ProteinConfig(reed=ReedConfig(targets=proteinmpnn_targets()))
+    return ProteinConfig(reed=paper_reed(proteinmpnn_targets()))
 
 
 def reed_esm() -> ProteinConfig:
     """The paper's three targets: decoder layer 2 nodes -> single (ESM-2, weight 0.5)."""
-    single = TargetConfig("single", "esm2", "esm2_t33_650M_UR50D", "single", "decoder.1.node_out", 0.5)
-    cfg = ProteinConfig(reed=ReedConfig(targets=(single,) + proteinmpnn_targets()))
+    single = protein_target("esm2", "esm2_t33_650M_UR50D", "single", "decoder.1.node_out", 0.5)
+    cfg = ProteinConfig(reed=paper_reed({"single": single, **proteinmpnn_targets()}))
     return replace(cfg, train=replace(cfg.train, run_dir="runs/protein/reed_esm"))
 
 
 def tiny() -> ProteinConfig:
     """Seconds on a CPU: a 16-wide model, 2 epochs."""
     cfg = reed()
+    targets = cfg.reed.targets
     return replace(
         cfg,
         epochs=2,
@@ -178,10 +201,11 @@ def tiny() -> ProteinConfig:
         model=ModelConfig(hidden=16, encoder_layers=2, decoder_layers=2, k_neighbors=8),
         reed=replace(
             cfg.reed,
-            targets=(replace(cfg.reed.targets[0], depth="encoder.1.node_out"), cfg.reed.targets[1]),
-            diffusion_warmup_epochs=1,
-            align_decay_epochs=2,
-            projector_hidden=32,
+            targets={
+                "structure": replace(targets["structure"], depth="encoder.1.node_out", projector_hidden=32),
+                "pair": replace(targets["pair"], projector_hidden=32),
+            },
+            curriculum=replace(cfg.reed.curriculum, w_diff=linear_warmup(0, 1), w_align=cosine_decay(0, 2)),
         ),
         eval=EvalConfig(every_epochs=1, sampler=SamplerConfig(steps=4), num_tau=2),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,12 +22,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from reed_core.alignment import AlignmentTarget
-from reed_core.curriculum import Curriculum, CurriculumConfig
-from reed_core.model import ReedModel
-from reed_core.objective import ObjectiveOutput, ReedObjective
-from reed_core.schedules import constant, cosine_decay, linear_warmup
-from reed_protein.configs import DataConfig, ProteinConfig, TargetConfig
+from reed_core.objective import ObjectiveOutput
+from reed_core.recipe import TargetConfig, assemble
+from reed_protein.configs import DataConfig, ProteinConfig
 from reed_protein.data.batch import ProteinBatch, collate, token_batches
 from reed_protein.data.datasets import (
     ChainFilter,
@@ -91,15 +88,18 @@ class TrainBatch:
 
 class TargetSource:
     """``z`` for a batch: from a precomputed feature store (loaded once onto the device) or from a
-    frozen encoder run online."""
+    frozen encoder run online, for each target ``{name: TargetConfig}``."""
 
-    def __init__(self, targets: Sequence[TargetConfig]):
-        self.targets = list(targets)
+    def __init__(self, targets: Mapping[str, TargetConfig]):
+        self.targets = dict(targets)
         self._encoders: dict[tuple[str, str], nn.Module] = {}
         self._stores: dict[str, dict[str, torch.Tensor]] = {}
 
     @staticmethod
     def dim(t: TargetConfig) -> int:
+        """Width of ``z``: ``dim`` where set, else read from the store or the encoder."""
+        if t.dim:
+            return t.dim
         if t.store:
             from reed_core.features import FeatureStore
 
@@ -123,15 +123,15 @@ class TargetSource:
             self._encoders[key] = enc.to(device)
         return self._encoders[key]
 
-    def _store(self, t: TargetConfig, device: torch.device) -> dict[str, torch.Tensor]:
-        if t.name not in self._stores:
+    def _store(self, name: str, t: TargetConfig, device: torch.device) -> dict[str, torch.Tensor]:
+        if name not in self._stores:
             from reed_core.features import FeatureStore
 
             store = FeatureStore.open(t.store)
-            self._stores[t.name] = {
+            self._stores[name] = {
                 i: torch.from_numpy(np.array(store.example(i))).to(device) for i in store.ids
             }
-        return self._stores[t.name]
+        return self._stores[name]
 
     @torch.no_grad()
     def __call__(
@@ -140,9 +140,9 @@ class TargetSource:
         device = batch.X.device
         B, L, K = E_idx.shape
         z, masks, online = {}, {}, {}
-        for t in self.targets:
+        for name, t in self.targets.items():
             if t.store:
-                table = self._store(t, device)
+                table = self._store(name, t, device)
                 missing = [p.name for p in proteins if p.name not in table]
                 if missing:
                     raise KeyError(f"feature store {t.store}: no entry for {missing[:3]}")
@@ -165,9 +165,9 @@ class TargetSource:
                 z_t = online[key][t.feature].float()
             if t.feature == "pair":
                 m = edge_mask.bool() & (z_t.abs().sum(-1) > 0)  # [B, L, K]
-                z[t.name], masks[t.name] = z_t.reshape(B, L * K, -1), m
+                z[name], masks[name] = z_t.reshape(B, L * K, -1), m
             else:
-                z[t.name], masks[t.name] = z_t, batch.mask.bool()
+                z[name], masks[name] = z_t, batch.mask.bool()
         return z, masks
 
 
@@ -184,28 +184,10 @@ class ProteinTask:
         self.batches = token_batches([len(p) for p in self.train_set], cfg.data.max_tokens)
         self.steps_per_epoch = len(self.batches)
         denoiser = DiffusionMPNN(cfg.model)
-        reed = cfg.reed
-        self.sources = TargetSource(reed.targets)
-        specs = [
-            AlignmentTarget(
-                t.name,
-                t.depth,
-                self.sources.dim(t),
-                pooling=t.pooling,
-                weight=t.weight * reed.align_scale,
-                projector_hidden=reed.projector_hidden,
-                projector_layers=reed.projector_layers,
-            )
-            for t in reed.targets
-        ]
-        self.model = ReedModel(denoiser, specs)
-        names = [t.name for t in specs]
-        w_diff = (
-            linear_warmup(0, reed.diffusion_warmup_epochs) if reed.diffusion_warmup_epochs else constant()
-        )
-        w_align = cosine_decay(0, reed.align_decay_epochs) if reed.align_decay_epochs else constant()
-        self.curriculum = Curriculum(CurriculumConfig(w_diff=w_diff, w_align=w_align, unit="epoch"), names)
-        self.objective = ReedObjective(self.curriculum, {t.name: t for t in specs})
+        self.sources = TargetSource(cfg.reed.enabled)
+        dims = {name: self.sources.dim(t) for name, t in self.sources.targets.items()}
+        recipe = assemble(denoiser, cfg.reed, target_dims=dims)
+        self.model, self.curriculum, self.objective = recipe.model, recipe.curriculum, recipe.objective
 
     @property
     def steps(self) -> int:

@@ -2,34 +2,37 @@
 
 Data ``x0`` comes from a grid of Gaussian modes. A "pretrained encoder" knows which mode a point
 came from and embeds it as a fixed 16-d code ``z`` (a stand-in for DINOv2 on images): REED aligns
-the denoiser's hidden state at block ``align_depth`` to ``z``, with diffusion warm-up.
+the denoiser's hidden state at block ``reed.targets.mode.depth`` to ``z``, with diffusion warm-up.
 
     x_tau = (1 - tau) x0 + tau eps,   v = eps - x0,   L_gen = |v_theta(x_tau, tau) - v|^2
 
 Everything a domain supplies is here: data (:class:`ToyTask.batch`), a tappable model
-(:class:`ToyDenoiser` with ``tap_points``), a per-sample generative loss, targets, a sampler
-(:func:`sample`) and a metric (:func:`sliced_wasserstein`). Run it::
+(:class:`ToyDenoiser` with ``tap_points``), a per-sample generative loss, the target
+representations ``z``, a sampler (:func:`sample`) and a metric (:func:`sliced_wasserstein`). The
+recipe (targets, curriculum) is reed-core's ``reed`` section, built by
+:func:`reed_core.recipe.assemble`. Run it::
 
     python -m reed_core.examples.toy2d --preset reed train.steps=1500
     python -m reed_core.examples.toy2d --preset vanilla
+    python -m reed_core.examples.toy2d reed.targets.mode.depth=3 reed.curriculum.w_align.kind=cosine \\
+        reed.curriculum.w_align.end=1500 reed.curriculum.w_align.v_end=0
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from reed_core.alignment import AlignmentTarget
 from reed_core.cli import main_guard
-from reed_core.curriculum import Curriculum, CurriculumConfig
+from reed_core.curriculum import CurriculumConfig
 from reed_core.launch import add_train_args, launch_or_run, train_config_from_args
-from reed_core.model import ReedModel
-from reed_core.objective import ObjectiveOutput, ReedObjective
+from reed_core.objective import ObjectiveOutput
+from reed_core.recipe import ReedConfig, TargetConfig, assemble
 from reed_core.schedules import constant, linear_warmup
 from reed_core.train import EpochSampler, TrainConfig, Trainer, seed_everything
 
@@ -53,17 +56,27 @@ class Toy2DConfig:
     num_examples: int = 16384
     width: int = 128
     depth: int = 4
-    aligned: bool = True
-    align_depth: int = 1
-    align_weight: float = 2.0
-    z_dim: int = 16
-    diffusion_warmup: int = 100  # steps of w_diff warm-up (0: none)
+    z_dim: int = 16  # width of the mode codes z
+    # one target, the mode code, at block 1 (lambda 2); w_diff warms up over 100 steps
+    reed: ReedConfig = field(
+        default_factory=lambda: ReedConfig(
+            targets={"mode": TargetConfig(encoder="mode-code", depth=1, weight=2.0, projector_hidden=128)},
+            curriculum=CurriculumConfig(w_diff=linear_warmup(0, 100), w_align=constant()),
+        )
+    )
     eval_samples: int = 2048
     sample_steps: int = 32
 
 
+def vanilla() -> Toy2DConfig:
+    """The same model without alignment (the target switched off) or diffusion warm-up."""
+    cfg = Toy2DConfig()
+    mode = replace(cfg.reed.targets["mode"], enabled=False)
+    return replace(cfg, reed=ReedConfig(targets={"mode": mode}, curriculum=CurriculumConfig()))
+
+
 def presets() -> dict[str, callable]:
-    return {"reed": Toy2DConfig, "vanilla": lambda: Toy2DConfig(aligned=False, diffusion_warmup=0)}
+    return {"reed": Toy2DConfig, "vanilla": vanilla}
 
 
 class ToyDenoiser(nn.Module):
@@ -102,26 +115,17 @@ class ToyTask:
         self.labels = torch.randint(0, len(self.centres), (cfg.num_examples,), generator=g)
         self.x0 = self.centres[self.labels] + cfg.mode_std * torch.randn(cfg.num_examples, 2, generator=g)
         self.codes = nn.functional.normalize(torch.randn(len(self.centres), cfg.z_dim, generator=g), dim=-1)
-        targets = []
-        if cfg.aligned:
-            targets = [
-                AlignmentTarget(
-                    "mode",
-                    cfg.align_depth,
-                    cfg.z_dim,
-                    pooling="token",
-                    weight=cfg.align_weight,
-                    projector_hidden=cfg.width,
-                )
-            ]
-        self.model = ReedModel(
-            ToyDenoiser(cfg.width, cfg.depth), targets, hidden_dims={t.name: cfg.width for t in targets}
+        unknown = sorted(set(cfg.reed.targets) - {"mode"})
+        if unknown:
+            raise ValueError(f"reed.targets: the toy task has one target, 'mode'; got also {unknown}")
+        self.aligned = "mode" in cfg.reed.enabled
+        recipe = assemble(
+            ToyDenoiser(cfg.width, cfg.depth),
+            cfg.reed,
+            target_dims={"mode": cfg.z_dim},
+            hidden_dims={"mode": cfg.width},
         )
-        w_diff = linear_warmup(0, cfg.diffusion_warmup) if cfg.diffusion_warmup else constant()
-        self.curriculum = Curriculum(
-            CurriculumConfig(w_diff=w_diff, w_align=constant()), [t.name for t in targets]
-        )
-        self.objective = ReedObjective(self.curriculum, {t.name: t for t in targets})
+        self.model, self.curriculum, self.objective = recipe.model, recipe.curriculum, recipe.objective
         self.sampler = EpochSampler(cfg.num_examples, cfg.train.batch_size, cfg.train.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
 
@@ -131,7 +135,7 @@ class ToyTask:
 
     def graph_key(self, step: int) -> tuple:
         """None of ``loss``'s host values depend on ``step``: given the step as a tensor (under
-        ``train.cuda_graph``), the curriculum is evaluated on the device."""
+        ``train.speed.cuda_graph``), the curriculum is evaluated on the device."""
         return ()
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> ObjectiveOutput:
@@ -139,7 +143,7 @@ class ToyTask:
         tau = torch.rand(len(x0), device=x0.device)
         eps = torch.randn_like(x0)
         x_tau = (1 - tau[:, None]) * x0 + tau[:, None] * eps
-        z_targets = {"mode": batch["z"]} if self.cfg.aligned else None  # [B, z_dim]
+        z_targets = {"mode": batch["z"]} if self.aligned else None  # [B, z_dim]
         v_pred, align = model(x_tau, tau, tau=tau, z_targets=z_targets)
         gen_loss = (v_pred.float() - (eps - x0)).pow(2).sum(-1)  # [B]
         progress = self.curriculum.progress(step, self.steps_per_epoch)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from reed_core.features import FeatureStore, FeatureStoreError, FeatureStoreWriter, build_feature_store
-from reed_image.configs import TargetConfig
+from reed_core.recipe import TargetConfig
+from reed_image.configs import target_captioner, target_input_size, target_kind
 from reed_image.data.batch import ImageSet, to_unit_range
 from reed_image.targets.captions import build_captioner
 from reed_image.targets.text import SentenceEmbedder, embed_captions
@@ -48,7 +49,7 @@ def build_vision_store(
     overwrite: bool = False,
 ) -> FeatureStore:
     images = _pixel_images(images, name)
-    encoder = build_vision_encoder(tcfg.encoder, tcfg.checkpoint, tcfg.input_size).to(device)
+    encoder = build_vision_encoder(tcfg.encoder, tcfg.checkpoint or None, target_input_size(tcfg)).to(device)
     use_bf16 = torch.device(device).type == "cuda"
 
     def encode(x_u8: torch.Tensor) -> np.ndarray:
@@ -78,7 +79,7 @@ def caption_table(
 ) -> dict[str, np.ndarray]:
     """Captions of every image, embedded once per distinct sentence."""
     images = _pixel_images(images, name)
-    captioner = build_captioner(tcfg.captioner, images.class_names, device)
+    captioner = build_captioner(target_captioner(tcfg), images.class_names, device)
     sentences: list[str] = []
     for i in range(0, len(images), batch_size):
         sentences += captioner(images.images[i : i + batch_size], images.labels[i : i + batch_size])
@@ -147,7 +148,7 @@ def ensure_store(
     root = store_root(name, tcfg, run_dir)
     if (root / "meta.json").exists() and not rebuild:
         return FeatureStore(root)
-    if tcfg.kind == "vision":
+    if target_kind(tcfg) == "vision":
         return build_vision_store(name, tcfg, images, root, device, overwrite=True)
     return build_caption_store(name, tcfg, images, root, str(device), overwrite=True)
 
