@@ -371,7 +371,7 @@ def test_fused_model_without_reed_kernels_names_the_extra(monkeypatch):
 
 
 def gpu_config(kernels: str) -> SiTConfig:
-    """Widths the kernels take (multiples of 8; 64 tokens, 256 rows a batch of 4)."""
+    """Widths the kernels take (multiples of 8; 64 tokens, 512 rows a batch of 8)."""
     return SiTConfig(
         arch="SiT-S/2", input_size=16, in_channels=4, num_classes=10, depth=2, hidden_size=128, num_heads=2,
         kernels=kernels,
@@ -400,7 +400,7 @@ def test_cuda_fused_sit_under_bf16_autocast_matches_sit(kernels, residual_dtype)
     exact = SiT(replace(cfg, kernels="none"))
     exact.load_state_dict(plain.state_dict(), strict=True)
     plain, fused, exact = plain.cuda(), fused.cuda(), exact.cuda().double()
-    x, tau, y = inputs(torch.float32, "cuda", batch=4, channels=4)
+    x, tau, y = inputs(torch.float32, "cuda", batch=8, channels=4)
     want = velocity_taps_grads(exact, x.double(), tau.double(), y)
     results = {
         name: velocity_taps_grads(model, x, tau, y, torch.bfloat16)
@@ -432,7 +432,7 @@ def test_cuda_the_image_task_option_installs_a_plan_file(tmp_path):
     try:
         cublaslt._plans.clear()
         model = build_sit(gpu_config("fused")).cuda()
-        x, tau, y = inputs(torch.float32, "cuda", batch=4, channels=4)
+        x, tau, y = inputs(torch.float32, "cuda", batch=8, channels=4)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             model(x, tau, y).float().square().sum().backward()
         path = tmp_path / "plans.json"
