@@ -15,9 +15,10 @@ from reed_core.features import FeatureStore, FeatureStoreError
 from reed_core.train import CheckpointError, Trainer, read_metrics
 from reed_image.checkpoints import load_denoiser
 from reed_image.data import fit_resolution, load_fashion_mnist
+from reed_image.generation import generate
 from reed_image.interpolants import Interpolant
 from reed_image.targets.build import TargetTable, build_caption_store, ensure_store
-from reed_image.task import ImageTask, generate
+from reed_image.task import ImageTask
 
 
 def test_caption_store_from_a_table_and_gathering(make_cfg, fmnist_dir, caption_table_file, tmp_path):

@@ -18,24 +18,13 @@ from pathlib import Path
 import torch
 
 from reed_core.cli import main_guard
-from reed_core.config import add_config_args, config_from_args
+from reed_core.config import add_config_args, config_from_args, load_config
+from reed_image.checkpoints import load_denoiser
 from reed_image.configs import PRESETS, ImageConfig
-from reed_image.data import load_source, to_unit_range
-from reed_image.eval_classifier import default_classifier_path
+from reed_image.evaluator import build_evaluator
+from reed_image.generation import generate
 from reed_image.image_io import load_npz_images
-from reed_image.metrics import Evaluator, load_classifier
-
-
-def build_evaluator(cfg: ImageConfig, device: str | torch.device = "cpu") -> Evaluator:
-    """Classifier + reference statistics of ``cfg.data`` at ``cfg.eval.reference_split``."""
-    d, e = cfg.data, cfg.eval
-    if d.source == "latents":
-        raise ValueError("eval: reference images must be pixels; evaluate with an image-folder data config")
-    path = Path(e.classifier) if e.classifier else default_classifier_path(d.source, d.resolution)
-    classifier = load_classifier(path, device)
-    ref, _ = load_source(d.source, d.path, e.reference_split, d.resolution, d.fit, d.channels, d.download)
-    ref = ref.subset(e.reference_size, seed=0)
-    return Evaluator(classifier, to_unit_range(ref.images), batch_size=e.batch_size)
+from reed_image.interpolants import Interpolant
 
 
 @main_guard
@@ -53,11 +42,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     if args.checkpoint is not None:
-        from reed_core.config import load_config
-        from reed_image.checkpoints import load_denoiser
-        from reed_image.interpolants import Interpolant
-        from reed_image.task import generate
-
         ckpt_cfg, denoiser, _ = load_denoiser(args.checkpoint, args.weights, device)
         # command-line overrides apply on top of the checkpoint's own config
         cfg = load_config(ImageConfig, {"ckpt": lambda: ckpt_cfg}, "ckpt", args.config, args.overrides)

@@ -23,9 +23,10 @@ from reed_core.cli import main_guard
 from reed_core.config import ConfigError, add_config_args, load_config
 from reed_image.checkpoints import load_denoiser
 from reed_image.configs import PRESETS, ImageConfig
+from reed_image.data.latents import load_latents, load_vae
+from reed_image.generation import generate
 from reed_image.image_io import save_grid, save_npz
 from reed_image.interpolants import Interpolant
-from reed_image.task import generate
 
 
 @main_guard
@@ -51,8 +52,6 @@ def main(argv: list[str] | None = None) -> Path:
         sys.exit(f"error: {err}")
     vae, scale = None, None
     if cfg.data.source == "latents":
-        from reed_image.data.latents import load_latents, load_vae
-
         if cfg.vae is None:
             sys.exit("error: vae: the model generates VAE latents; pass vae=<hub name or folder>")
         vae = load_vae(cfg.vae, device)

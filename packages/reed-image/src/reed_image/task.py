@@ -15,7 +15,6 @@ with probability ``class_dropout`` (classifier-free guidance).
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,11 +25,14 @@ from reed_core.recipe import assemble
 from reed_core.train import EpochSampler, seed_everything
 from reed_image.configs import ImageConfig
 from reed_image.data import ImageBatch, ImageSet, load_source, to_unit_range
-from reed_image.data.latents import sample_posterior
+from reed_image.data.latents import load_vae, sample_posterior
+from reed_image.evaluator import build_evaluator
+from reed_image.generation import generate
 from reed_image.image_io import save_grid
 from reed_image.interpolants import Interpolant, TimeSampler, velocity_loss
+from reed_image.metrics import Evaluator
 from reed_image.models import SiT, build_sit, install_cublaslt_plans
-from reed_image.samplers import SamplerConfig, sample
+from reed_image.samplers import SamplerConfig
 from reed_image.targets.build import TargetTable, ensure_store
 from reed_image.targets.vision import resample_tokens
 
@@ -174,8 +176,6 @@ class ImageTask:
             if self._vae is None:
                 if self.cfg.vae is None:
                     raise ValueError("vae: latent data need a VAE (hub name or folder) to decode samples")
-                from reed_image.data.latents import load_vae
-
                 self._vae = load_vae(self.cfg.vae, self.device)
             vae = self._vae
         return generate(
@@ -190,10 +190,8 @@ class ImageTask:
             vae,
         )
 
-    def evaluator(self):
+    def evaluator(self) -> Evaluator:
         if self._evaluator is None:
-            from reed_image.evaluate import build_evaluator
-
             self._evaluator = build_evaluator(self.cfg, self.device)
         return self._evaluator
 
@@ -219,46 +217,3 @@ class ImageTask:
             with open(Path(run_dir) / "eval.jsonl", "a") as fh:
                 fh.write(json.dumps({"step": step, **results}) + "\n")
         return results
-
-
-@torch.no_grad()
-def generate(
-    denoiser: nn.Module,
-    cfg: ImageConfig,
-    n: int,
-    sampler: SamplerConfig,
-    interpolant: Interpolant,
-    num_classes: int,
-    batch_size: int,
-    latent_scale: float | None = None,
-    vae=None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ``n`` images, labels ``0, 1, ..., num_classes - 1, 0, ...``; batch ``i`` uses seed
-    ``sampler.seed + i``, so the result depends only on the weights, ``n`` and the seed."""
-    device = next(denoiser.parameters()).device
-    was_training = denoiser.training
-    denoiser.eval()
-    use_bf16 = device.type == "cuda"
-
-    def v_fn(x: torch.Tensor, tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", torch.bfloat16, enabled=use_bf16):
-            return denoiser(x, tau, y)
-
-    m = cfg.model
-    labels = torch.arange(n, device=device) % num_classes
-    out = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        y = labels[start : start + batch_size]
-        shape = (len(y), m.in_channels, m.input_size, m.input_size)
-        x = sample(
-            v_fn, shape, y, replace(sampler, seed=sampler.seed + i), interpolant, null_label=m.num_classes
-        )
-        if latent_scale is not None:
-            if vae is None:
-                raise ValueError("samples are VAE latents: set `vae` to decode them")
-            from reed_image.data.latents import decode_latents
-
-            x = decode_latents(vae, x, latent_scale)
-        out.append(x.float().clamp(-1, 1))
-    denoiser.train(was_training)
-    return torch.cat(out), labels
