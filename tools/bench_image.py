@@ -36,7 +36,8 @@ import torch
 
 from reed_core.features import FeatureStoreWriter
 from reed_core.float8 import FLOAT8_RECIPES
-from reed_core.train import FUSED_UPDATE, PARAM_DTYPES, Trainer
+from reed_core.speed import FUSED_UPDATE, PARAM_DTYPES
+from reed_core.train import Trainer
 from reed_image.configs import DataConfig, EvalConfig, imagenet_reed
 from reed_image.models import sit
 from reed_image.models.sit import KERNELS, RESIDUAL_DTYPES, SiTConfig
@@ -112,13 +113,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=8, help="untimed steps (compilation)")
     p.add_argument("--examples", type=int, default=1024, help="size of the fixture data set")
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--compile-mode", default="default", help="torch.compile mode (train.compile_mode)")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode (train.speed.compile_mode)")
     p.add_argument(
         "--compile-regions",
         nargs="+",
         default=[],
         metavar="PATTERN",
-        help="compile only these submodules (train.compile_regions), e.g. 'denoiser.blocks.*' 'aligner'",
+        help="compile only these submodules (train.speed.compile_regions), e.g. 'denoiser.blocks.*'",
     )
     p.add_argument(
         "--kernels",
@@ -132,23 +133,18 @@ def main() -> None:
         "--float8",
         default="off",
         choices=FLOAT8_RECIPES,
-        help="FP8 matmuls for the blocks' linear layers (train.float8, torchao)",
+        help="FP8 matmuls for the blocks' linear layers (train.speed.float8, torchao)",
     )
     p.add_argument(
         "--param-dtype",
         choices=tuple(PARAM_DTYPES),
         default="float32",
-        help="train.param_dtype: bfloat16 keeps bf16 weights, float32 masters in the fused update",
+        help="train.speed.param_dtype: bfloat16 keeps bf16 weights, float32 masters in the fused update",
     )
     p.add_argument(
         "--cuda-graph",
         action="store_true",
-        help="record the whole step (forward, backward, update) as one CUDA graph (train.cuda_graph)",
-    )
-    p.add_argument(
-        "--ema-overlap",
-        action="store_true",
-        help="the EMA step one step late, on a side stream beside forward/backward (train.ema_overlap)",
+        help="record the whole step (forward, backward, update) as one CUDA graph (train.speed.cuda_graph)",
     )
     p.add_argument(
         "--residual-dtype",
@@ -225,7 +221,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_fixtures(root, args.examples, 32, 4, dims)
-        t = base.objective.targets
+        t = base.reed.targets
         targets = {
             "vision": replace(t["vision"], store=str(root / "vision"), location="device", depth=vision_depth),
             "caption": replace(
@@ -236,19 +232,21 @@ def main() -> None:
             base,
             model=model,
             data=DataConfig(source="latents", path=str(root / "latents.npz"), on_device=True),
-            objective=replace(base.objective, targets=targets),
+            reed=replace(base.reed, targets=targets),
             train=replace(
                 base.train,
                 run_dir=str(root / "run"),
                 batch_size=args.batch,
-                compile=not args.no_compile,
-                compile_mode=args.compile_mode,
-                compile_regions=tuple(args.compile_regions),
-                fused_update=args.fused_update,
-                float8=args.float8,
-                param_dtype=args.param_dtype,
-                cuda_graph=args.cuda_graph,
-                ema_overlap=args.ema_overlap,
+                speed=replace(
+                    base.train.speed,
+                    compile=not args.no_compile,
+                    compile_mode=args.compile_mode,
+                    compile_regions=tuple(args.compile_regions),
+                    fused_update=args.fused_update,
+                    float8=args.float8,
+                    param_dtype=args.param_dtype,
+                    cuda_graph=args.cuda_graph,
+                ),
                 device=args.device,
                 steps=10**9,
                 progress_bar=False,
@@ -308,7 +306,6 @@ def main() -> None:
             if args.kernels != "none"
             else None
         ),
-        "ema_overlap": args.ema_overlap,
         "float8": args.float8,
         "float8_layers": len(trainer.float8_layers),
         "param_dtype": args.param_dtype,
