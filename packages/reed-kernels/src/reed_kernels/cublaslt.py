@@ -41,7 +41,7 @@ algorithm wins may differ between processes (rounding may then differ in the las
 
 The candidates come from two heuristic queries, with the workspace and with none, and each is
 timed inside a CUDA graph, after a small kernel, as the training step runs them
-(``train.cuda_graph``). The reason: on an H100 (cuBLAS 13.1) most of the heuristic's Hopper
+(``train.speed.cuda_graph``). The reason: on an H100 (cuBLAS 13.1) most of the heuristic's Hopper
 algorithms for SiT's GEMMs ask for 4 bytes of workspace, which cuBLASLt zeroes with a
 ``cudaMemsetAsync`` before every launch; inside a CUDA graph that memset node costs about 5 us of
 idle GPU around it (about 290 of them in a SiT-XL/2 step, ~1.4 ms), while the workspace-free

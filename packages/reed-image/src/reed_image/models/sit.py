@@ -345,7 +345,7 @@ class SiT(nn.Module):
 
     def embed(self, tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The conditioning ``c = t_emb(tau) + y_emb(y)`` ``[B, D]``, at least float32 (also with
-        bf16 parameters, train.param_dtype: every block adds to its gradient)."""
+        bf16 parameters, train.speed.param_dtype: every block adds to its gradient)."""
         c = self.t_embedder(tau) + self.y_embedder(y)
         return c.to(torch.promote_types(c.dtype, torch.float32))
 
