@@ -140,6 +140,26 @@ def test_design_command_errors(case, match, trained, data_dir, tmp_path, capsys)
     assert not (tmp_path / "o.fa").exists()
 
 
+def test_a_run_saved_with_the_former_reed_keys_names_them(trained, tmp_path):
+    from reed_protein.cli import CLIError, load_denoiser
+
+    root, _ = trained
+    state = torch.load(root / "reed" / "checkpoints" / "last.pt", weights_only=False)
+    load_denoiser(root / "reed")  # the current run loads
+    reed = state["config"]["reed"]
+    state["config"]["reed"] = {  # reed-protein's former section
+        "targets": [{"name": name, **t} for name, t in reed["targets"].items()],
+        "align_scale": 0.2,
+        "diffusion_warmup_epochs": 1.0,
+        "align_decay_epochs": 2.0,
+        "projector_hidden": 32,
+        "projector_layers": 3,
+    }
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(CLIError, match=r"older version: reed.align_decay_epochs was renamed reed.curriculum"):
+        load_denoiser(tmp_path / "old.pt")
+
+
 def test_presets_round_trip_and_bad_values(tmp_path):
     for name, preset in PRESETS.items():
         cfg = preset()
