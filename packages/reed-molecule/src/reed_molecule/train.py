@@ -2,6 +2,8 @@
 
     python -m reed_molecule.train --preset qm9_reed data.path=data/qm9.npz
     python -m reed_molecule.train --preset qm9_baseline --config my.yaml train.steps=1000
+    python -m reed_molecule.train --preset qm9_reed reed.targets.chemnet.depth=3 \
+        reed.curriculum.w_diff.end=10 reed.curriculum.unit=epoch
     python -m reed_molecule.train --preset qm9_reed --slurm --slurm-partition gpu --slurm-gpus-per-node 1
 
 Prepare the data and the target store first::

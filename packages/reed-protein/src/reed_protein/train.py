@@ -2,6 +2,8 @@
 
     python -m reed_protein.train --preset reed                      # offline data, ProteinMPNN targets
     python -m reed_protein.train --preset baseline epochs=100
+    python -m reed_protein.train --preset reed reed.targets.pair.store=work/targets/pair \
+        reed.curriculum.w_align.end=100 reed.align_scale=0.5
     python -m reed_protein.train --preset tiny --steps 2           # a step budget replaces epochs
     python -m reed_protein.train --preset reed --config my.yaml data.source=cath \\
         data.path=chain_set.jsonl data.splits=chain_set_splits.json
