@@ -29,7 +29,7 @@ def error_line(main, argv: list[str], capsys) -> str:
 @pytest.fixture
 def cut_pdbs(data_dir, tmp_path) -> dict[str, Path]:
     """1hvr (HIV protease, chains A and B, SEQRES) cut after half its lines, inside a line, inside
-    chain B at a residue boundary, and inside a residue."""
+    chain B at a residue boundary, inside a residue, and after chain A's TER record."""
     lines = (data_dir / "1hvr.pdb").read_text().splitlines(keepends=True)
     text = "".join(lines)
     atoms = [i for i, line in enumerate(lines) if line.startswith("ATOM")]
@@ -40,6 +40,7 @@ def cut_pdbs(data_dir, tmp_path) -> dict[str, Path]:
         "mid_line": text[: len(text) // 2],
         "chain_b_boundary": "".join(lines[:residue_start]),
         "mid_residue": "".join(lines[: residue_start + 2]),  # N and CA of a residue, no C
+        "after_ter": "".join(lines[: next(i for i, line in enumerate(lines) if line.startswith("TER")) + 1]),
     }
     out = {}
     for name, cut in cuts.items():

@@ -426,7 +426,7 @@ class Trainer:
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
-            disable=not (is_main and cfg.progress_bar),
+            disable=not (is_main and cfg.progress_bar) or self.step >= cfg.steps,
             desc=self.run_dir.name,
             dynamic_ncols=True,
             mininterval=1.0,

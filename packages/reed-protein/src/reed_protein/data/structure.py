@@ -19,7 +19,8 @@ What the reader does with imperfect files (each case is reported in ``Protein.no
 A PDB file that was cut off (a download or copy that stopped early) is refused with a
 :class:`StructureError` rather than read in part: its last line is an incomplete ATOM record, or it
 ends on coordinates (no TER/END after them) and its last residue lacks backbone atoms, a chain its
-SEQRES records list has no atoms, or its last chain has fewer residues than SEQRES lists.
+SEQRES records list has no atoms (also when it ends on a TER but no END), or its last chain has
+fewer residues than SEQRES lists.
 """
 
 from __future__ import annotations
@@ -156,14 +157,16 @@ def pdb_truncation(text: str) -> str | None:
     """Why the PDB ``text`` looks cut off before its end, or ``None`` (see the module docstring).
 
     A file that ends on an ATOM/HETATM/ANISOU record without a TER or END is normal for many
-    tools, so it only counts together with an incomplete last residue or a SEQRES mismatch."""
+    tools, so it only counts together with an incomplete last residue or a SEQRES mismatch (a
+    SEQRES chain without atoms also when the file ends on a TER without an END)."""
     lines = [line for line in text.splitlines() if line.strip()]
     records = [line for line in lines if line.startswith(("ATOM  ", "HETATM"))]
     if not records:
         return None
     last = lines[-1]
-    ends_open = last.startswith(("ATOM  ", "HETATM", "ANISOU"))
-    if ends_open and last.startswith(("ATOM  ", "HETATM")):
+    on_coordinates = last.startswith(("ATOM  ", "HETATM", "ANISOU"))  # not even a TER after them
+    ends_open = on_coordinates or last.startswith("TER")  # no END/ENDMDL/MASTER/CONECT
+    if last.startswith(("ATOM  ", "HETATM")):
         try:
             [float(last[c : c + 8]) for c in (30, 38, 46)]
         except ValueError:
@@ -184,7 +187,7 @@ def pdb_truncation(text: str) -> str | None:
     residue = [r for r in records if r[17:27] == records[-1][17:27]]
     names = {r[12:16].strip() for r in residue}
     missing = [a for a in BACKBONE if a not in names]
-    if parent_letter(records[-1][17:20].strip()) is not None and missing:
+    if on_coordinates and parent_letter(records[-1][17:20].strip()) is not None and missing:
         return (
             f"it ends inside residue {records[-1][17:20].strip()} {records[-1][22:27].strip()} of "
             f"chain {chain!r}, which has no {'/'.join(missing)} atoms, with no TER or END record"
@@ -194,9 +197,9 @@ def pdb_truncation(text: str) -> str | None:
     if absent:
         return (
             f"SEQRES lists chain {', '.join(map(repr, absent))} but the file has no atoms for it, "
-            "and it ends without a TER or END record"
+            "and it ends without an END record"
         )
-    if chain in seqres:
+    if on_coordinates and chain in seqres:
         residues = {r[22:27] for r in first_model if r[21] == chain and parent_letter(r[17:20].strip())}
         if len(residues) < seqres[chain]:
             return (
