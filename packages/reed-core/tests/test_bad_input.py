@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+import torch
 
 from reed_core.cli import ErrorExit, UserError, UserFileError, error_line, main_guard
 from reed_core.config import ConfigError
@@ -73,6 +74,12 @@ def test_the_line_is_one_line_without_a_doubled_prefix():
         (["--preset", "nope"], None),  # argparse's own usage error (also exit status 2)
         (["--slurm-nodes", "2"], "--slurm-nodes"),
         (["--slurm-dry-run", "--slurm-nodes", "0"], "--slurm-nodes"),
+        (["train.device=tpu"], "train.device"),
+        pytest.param(
+            ["train.device=cuda"],
+            "train.device=cuda",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device"),
+        ),
     ],
 )
 def test_toy_entry_point_bad_input(argv, name, tmp_path, capsys):

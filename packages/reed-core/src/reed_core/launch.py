@@ -39,7 +39,7 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 from submitit.slurm.slurm import _make_sbatch_string
 
-from reed_core.cli import exit_with_error
+from reed_core.cli import UserError, exit_with_error
 from reed_core.config import add_config_args, config_from_args
 
 # The dataclass field each --slurm-* flag sets; errors from SlurmConfig name the flag.
@@ -329,6 +329,7 @@ def launch_or_run(
     except SlurmConfigError as err:
         exit_with_error(err)
     if slurm_cfg is None:
+        check_local_device(cfg)
         return main_fn(cfg)
     run_dir = run_dir if run_dir is not None else find_run_dir(cfg)
     if not run_dir:
@@ -343,6 +344,27 @@ def launch_or_run(
     if not dry_run:
         print(f"submitted Slurm job {job.job_id}: run {run_dir}, logs {job.paths.stdout}", flush=True)
     return job
+
+
+def check_local_device(cfg: Any) -> None:
+    """``train.device`` of a run about to start here names a device this machine has (checked
+    before anything is written; a Slurm job's node is not this machine, so submissions skip it)."""
+    device = getattr(getattr(cfg, "train", None), "device", None)
+    if not isinstance(device, str) or device == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise UserError(f"train.device: unknown device {device!r}; use auto, cpu or cuda[:N]") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"train.device={device}: this machine has no usable CUDA device (torch.cuda.is_available() "
+            "is false); use train.device=cpu (or auto), or run on a GPU node (--slurm)"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"train.device={device}: this machine has {torch.cuda.device_count()} CUDA devices")
 
 
 def add_train_args(parser: argparse.ArgumentParser, presets: Mapping[str, Any]) -> argparse.ArgumentParser:
