@@ -22,7 +22,7 @@
 #   pr  p1 with the residual stream in bf16 (model.residual_dtype=autocast), not float32: the
 #       fastest setting (with REGIONS="denoiser.blocks.* aligner")
 # Variants of earlier sessions that measured switches since deleted (their losing paths are gone
-# from the code) are in this script's history; their results are in docs/results/image.md.
+# from the code) are in this script's history; their results are in the git history of docs/results/image.md.
 # EXTRA="--flag ..." is added to every variant's bench_image.py command.
 # Each variant is its own process under a time limit (LIMIT s); results land in $OUT (default
 # runs/speed). PROFILE="v1 f1" profiles those variants;
