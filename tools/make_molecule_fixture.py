@@ -1,7 +1,8 @@
-"""Regenerate packages/reed-molecule/tests/data/qm9_64.npz: 48 train + 16 test QM9 molecules.
+"""Regenerate packages/reed-molecule/src/reed_molecule/fixtures/qm9_64.npz: 48 train + 16 test QM9
+molecules, shipped with the package (``packaged:qm9_64``: the ``tiny`` preset's data and the tests').
 
 python -m reed_molecule.data.qm9 --out qm9.npz
-python tools/make_molecule_fixture.py qm9.npz packages/reed-molecule/tests/data/qm9_64.npz
+python tools/make_molecule_fixture.py qm9.npz packages/reed-molecule/src/reed_molecule/fixtures/qm9_64.npz
 """
 
 from __future__ import annotations

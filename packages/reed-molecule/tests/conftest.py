@@ -1,18 +1,18 @@
-from pathlib import Path
-
 import pytest
-
-DATA = Path(__file__).parent / "data"
-
-
-@pytest.fixture(scope="session")
-def qm9_small():
-    """64 QM9 molecules (48 train, 16 test) in MoleculeArrays form (tools/make_molecule_fixture.py)."""
-    from reed_molecule.data.arrays import MoleculeArrays
-
-    return MoleculeArrays.load(DATA / "qm9_64.npz")
 
 
 @pytest.fixture(scope="session")
 def qm9_small_path():
-    return DATA / "qm9_64.npz"
+    """64 QM9 molecules (48 train, 16 test) shipped with the package as ``packaged:qm9_64``
+    (src/reed_molecule/fixtures/qm9_64.npz, made by tools/make_molecule_fixture.py)."""
+    from reed_molecule.fixtures import packaged_path
+
+    return packaged_path("qm9_64")
+
+
+@pytest.fixture(scope="session")
+def qm9_small(qm9_small_path):
+    """The same 64 molecules in MoleculeArrays form."""
+    from reed_molecule.data.arrays import MoleculeArrays
+
+    return MoleculeArrays.load(qm9_small_path)

@@ -18,6 +18,7 @@ CASES = [
     (["--preset", "tiny", "data.path=DATA", "model.num_layers=zero"], ["model.num_layers"]),
     (["--preset", "tiny", "data.path=DATA", "--steps", "-1"], ["--steps"]),
     (["--preset", "tiny", "--config", "MISSING"], ["--config"]),
+    (["--preset", "tiny", "data.path=packaged:nope"], ["data.path", "packaged:nope", "qm9_64"]),
 ]
 
 

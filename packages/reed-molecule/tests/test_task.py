@@ -61,9 +61,6 @@ def test_target_store_must_cover_the_training_split(qm9_small_path, chemnet_stor
     wide = {"chemnet": replace(cfg.reed.targets["chemnet"], dim=256)}
     with pytest.raises(ValueError, match="reed.targets.chemnet.dim: is 256, but store"):
         MoleculeTask(replace(cfg, reed=replace(cfg.reed, targets=wide)))
-    unset = {"chemnet": replace(cfg.reed.targets["chemnet"], store="")}
-    with pytest.raises(ValueError, match="reed.targets.chemnet.store: not set"):
-        MoleculeTask(replace(cfg, reed=replace(cfg.reed, targets=unset)))
     read = {"chemnet": replace(cfg.reed.targets["chemnet"], dim=0)}  # 0: the store's width
     assert MoleculeTask(replace(cfg, reed=replace(cfg.reed, targets=read))).targets[0].dim == 512
     off = {"chemnet": replace(cfg.reed.targets["chemnet"], enabled=False)}
@@ -129,6 +126,36 @@ def test_cli_train_sample_evaluate(qm9_small_path, tmp_path, capsys):
     bad.write_text("not\nan\nsdf\n")
     with pytest.raises(SystemExit, match="bad.sdf"):
         evaluate.main(["--sdf", str(bad)])
+
+
+def test_tiny_preset_needs_no_preparation(tmp_path, monkeypatch):
+    """`python -m reed_molecule.train --preset tiny` from a clean state (no prepared data, no store,
+    an empty working folder): it trains on the packaged 64 molecules, builds its ChemNet store in
+    the run folder on first use, writes a checkpoint that `python -m reed_molecule.sample` reads, and
+    saves a config without a path of this machine. A second call resumes and reuses the store."""
+    from reed_core.features import FeatureStore
+    from reed_core.train import read_metrics
+    from reed_molecule import sample, train
+    from reed_molecule.data.arrays import MoleculeArrays
+
+    monkeypatch.chdir(tmp_path)  # nothing prepared under data/ here
+    run = tmp_path / "runs" / "tiny"
+    out = train.main(["--preset", "tiny", f"train.run_dir={run}"])
+    assert (run / "checkpoints" / "last.pt").is_file()
+    store = run / "features" / "chemnet"
+    assert 0.0 <= out["cos/chemnet"] <= 1.0
+    built = (store / "meta.json").stat().st_mtime_ns
+    assert len(FeatureStore.open(store)) == len(MoleculeArrays.load("packaged:qm9_64").split("train")) == 48
+    saved = (run / "config.yaml").read_text()
+    assert "packaged:qm9_64" in saved and "qm9_64.npz" not in saved  # resolved when loaded, not saved
+
+    train.main(["--preset", "tiny", f"train.run_dir={run}", "train.steps=6"])
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [2, 4, 6]  # resumed
+    assert (store / "meta.json").stat().st_mtime_ns == built  # the store was reused, not rebuilt
+
+    sdf = tmp_path / "gen.sdf"
+    sample.main(["--run-dir", str(run), "--num", "3", "--steps", "2", "--out", str(sdf), "--device", "cpu"])
+    assert sdf.read_text().count("$$$$") == 3
 
 
 def test_cli_help_errors_and_slurm_dry_run(tmp_path, capsys):

@@ -9,11 +9,14 @@ Presets (``--preset NAME``):
                         the same at a few-minute GPU budget (6 layers, evaluation every 500
                         steps). The paper's 30-epoch diffusion warm-up is longer than this whole
                         budget (a few epochs), so it is scaled down to 150 steps.
-    tiny                a CPU smoke configuration
+    tiny                a CPU smoke test that needs no preparation: trains 4 steps on the 64 QM9
+                        molecules shipped with the package (``data.path=packaged:qm9_64``), aligned
+                        to ChemNet through a store built into the run folder on first use
 
 The REED recipe is reed-core's ``reed`` section (:class:`reed_core.recipe.ReedConfig`): each
 target ``z_k`` is read from a FeatureStore (``reed.targets.<name>.store``, keyed by molecule id,
-built by ``python -m reed_molecule.targets``; ``encoder`` names what built it), and the
+built by ``python -m reed_molecule.targets``; ``encoder`` names what built it; an empty ``store``
+means ``RUN_DIR/features/<name>``, built from the training split on first use), and the
 curriculum is ``reed.curriculum`` (``w_diff``, ``w_align``, ``unit`` step | epoch).
 """
 
@@ -32,7 +35,9 @@ from reed_molecule.objective import FlowConfig
 
 @dataclass(frozen=True)
 class DataConfig:
-    """``path``: a MoleculeArrays ``.npz`` (``python -m reed_molecule.data.qm9 --out FILE``)."""
+    """``path``: a MoleculeArrays ``.npz`` (``python -m reed_molecule.data.qm9 --out FILE``), or
+    ``packaged:NAME`` for a file shipped with the package (``packaged:qm9_64``: 64 QM9 molecules,
+    the ``tiny`` preset's data; resolved when the data is loaded)."""
 
     path: str = "data/qm9.npz"
     train_split: str = "train"
@@ -154,9 +159,11 @@ def tiny() -> MoleculeConfig:
             tensorboard=False,
             lr_warmup_steps=0,
         ),
+        data=replace(cfg.data, path="packaged:qm9_64"),  # shipped with the package: no preparation
         model=DenoiserConfig(scalars=16, vectors=4, edge_dim=8, num_layers=3, num_rbf=8),
         reed=ReedConfig(
-            targets={"chemnet": replace(cfg.reed.targets["chemnet"], depth=2, projector_hidden=32)},
+            # store "": RUN_DIR/features/chemnet, built on first use (48 SMILES, a second on a CPU)
+            targets={"chemnet": replace(cfg.reed.targets["chemnet"], store="", depth=2, projector_hidden=32)},
             curriculum=CurriculumConfig(w_diff=linear_warmup(0, 2), unit="step"),
         ),
         eval=EvalConfig(num_samples=4, sample_steps=3, batch_size=4, mmff=False),

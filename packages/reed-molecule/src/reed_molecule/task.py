@@ -11,7 +11,9 @@ target ``z_k``), and the REED objective
 from __future__ import annotations
 
 import json
+import os
 import random
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import torch.nn as nn
 
 from reed_core.features import FeatureStore
 from reed_core.objective import ObjectiveOutput
-from reed_core.recipe import assemble
+from reed_core.recipe import TargetConfig, assemble
 from reed_core.train import EpochSampler, seed_everything
 from reed_molecule.chem import NUM_BOND_CLASSES
 from reed_molecule.configs import MoleculeConfig
@@ -40,6 +42,51 @@ def build_denoiser(cfg: MoleculeConfig, vocab) -> EquivariantDenoiser:
         num_bond_types=NUM_BOND_CLASSES,
     )
     return EquivariantDenoiser(model_cfg)
+
+
+STORE_WAIT_S = 3600  # how long a rank other than 0 waits for rank 0 to build a target store
+
+
+def encoder_device(cfg: MoleculeConfig) -> str:
+    """Where a target encoder runs when its store is built for a run: the run's device."""
+    device = cfg.train.device
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def target_store_root(name: str, store: str, run_dir: str | Path) -> Path:
+    """A target's store folder: ``store``, or ``RUN_DIR/features/<name>`` when ``store`` is empty."""
+    return Path(store) if store else Path(run_dir) / "features" / name
+
+
+def ensure_target_store(
+    name: str, tcfg: TargetConfig, arrays: MoleculeArrays, rows: np.ndarray, run_dir: str | Path, device: str
+) -> Path:
+    """The target's store folder. With ``store`` empty it is ``RUN_DIR/features/<name>``, built
+    here from ``rows`` with encoder ``tcfg.encoder`` (:func:`reed_molecule.targets.build_target_store`)
+    unless it exists; a store set by path is only read (``python -m reed_molecule.targets``
+    builds it). Under torchrun, rank 0 builds and the other ranks wait for it."""
+    root = target_store_root(name, tcfg.store, run_dir)
+    if tcfg.store or (root / "meta.json").is_file():
+        return root
+    if int(os.environ.get("RANK", "0")) > 0:
+        deadline = time.monotonic() + STORE_WAIT_S
+        while not (root / "meta.json").is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reed.targets.{name}: rank 0 did not build {root} in {STORE_WAIT_S} s")
+            time.sleep(2)
+        return root
+    from reed_molecule.targets import TARGET_KINDS, build_target_store
+
+    if tcfg.encoder not in TARGET_KINDS and not tcfg.encoder.startswith("checkpoint:"):
+        raise ValueError(
+            f"reed.targets.{name}.encoder: {tcfg.encoder!r} cannot build a store; with store empty it "
+            f"must be one of {TARGET_KINDS}"
+        )
+    print(f"reed.targets.{name}: building the {tcfg.encoder} store of {len(rows)} molecules in {root}")
+    build_target_store(arrays, tcfg.encoder, root, rows, device, overwrite=True)
+    return root
 
 
 def load_target_table(store_path: str, mol_ids: np.ndarray, name: str, dim: int = 0) -> torch.Tensor:
@@ -81,9 +128,11 @@ class MoleculeTask:
 
         denoiser = build_denoiser(cfg, self.vocab)
         targets = cfg.reed.enabled
-        self.z_tables = {
-            name: load_target_table(t.store, self.train.mol_id, name, t.dim) for name, t in targets.items()
-        }
+        store_rows = arrays.split(cfg.data.train_split)  # the whole split: valid for any data.limit
+        self.z_tables = {}
+        for name, t in targets.items():
+            store = ensure_target_store(name, t, arrays, store_rows, cfg.train.run_dir, encoder_device(cfg))
+            self.z_tables[name] = load_target_table(str(store), self.train.mol_id, name, t.dim)
         self._z_on_device: dict[str, torch.Tensor] = {}
         recipe = assemble(
             denoiser,

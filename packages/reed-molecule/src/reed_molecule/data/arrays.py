@@ -174,7 +174,11 @@ class MoleculeArrays:
 
     @classmethod
     def load(cls, path: str | Path) -> MoleculeArrays:
-        path = Path(path)
+        """Read a file written by :meth:`save`; ``packaged:NAME`` reads a file shipped with the
+        package (:mod:`reed_molecule.fixtures`, e.g. ``packaged:qm9_64``)."""
+        from reed_molecule.fixtures import resolve_data_path
+
+        path = resolve_data_path(path)
         if not path.exists():
             raise UserFileError(
                 f"molecule arrays {path}: no such file (prepare it with "
