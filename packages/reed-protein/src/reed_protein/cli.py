@@ -3,6 +3,10 @@
     reed-protein design 1abc.cif.gz --chain A --num 8 --temperature 0.1 -o designs.fasta \\
         --checkpoint runs/protein/reed/checkpoints/last.pt
 
+Without ``--checkpoint`` the pretrained REED-small checkpoint that ships with the package is used
+(``reed_protein/weights/reed_small.pt``; see the package README for how it was trained and its
+held-out recovery).
+
 The first record is the native sequence; then one record per design (per chain when several chains
 are designed) with its score (mean -log p of the designed residues, lower is better) and its
 recovery of the native sequence. ``--fix 1-10,25`` keeps those positions (1-based, in the order of
@@ -23,26 +27,29 @@ from reed_protein.data.batch import collate
 from reed_protein.data.residues import decode
 from reed_protein.data.structure import read_structure
 from reed_protein.models.mpnn import DiffusionMPNN
+from reed_protein.pretrained import DEFAULT_DESCRIPTION, DEFAULT_WEIGHTS, is_design_checkpoint
 from reed_protein.sample import SamplerConfig, sample
-
-DEFAULT_CHECKPOINT = "runs/protein/reed/checkpoints/last.pt"
 
 
 class CLIError(UserError, ValueError):
     """A bad flag or file of the command line (``error:`` line, exit status 2)."""
 
 
-def load_denoiser(path: str | Path, weights: str = "ema", device: str = "cpu") -> DiffusionMPNN:
-    """The trained denoiser of a reed-protein checkpoint (a ``last.pt`` or its run folder)."""
+def load_denoiser(path: str | Path | None = None, weights: str = "ema", device: str = "cpu") -> DiffusionMPNN:
+    """The trained denoiser of a reed-protein checkpoint: a training run's ``last.pt`` or its run
+    folder, or a design checkpoint (:mod:`reed_protein.pretrained`); ``None``: the shipped one."""
     from reed_core.config import ConfigError, RenamedKeyError, config_from_dict
     from reed_core.train import CheckpointError, load_checkpoint
     from reed_protein.configs import ProteinConfig
 
-    path = Path(path)
+    path = Path(DEFAULT_WEIGHTS if path is None else path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
+    if weights not in ("ema", "raw"):
+        raise CLIError(f"--weights: unknown {weights!r}; choose ema or raw")
+    state = _design_checkpoint(path)
     try:
-        state = load_checkpoint(path, map_location="cpu")
+        state = state or load_checkpoint(path, map_location="cpu")
     except CheckpointError as err:
         raise CLIError(str(err)) from err
     try:
@@ -51,17 +58,34 @@ def load_denoiser(path: str | Path, weights: str = "ema", device: str = "cpu") -
         raise CLIError(f"checkpoint {path}: its config uses keys of an older version: {err}") from err
     except ConfigError as err:
         raise CLIError(f"checkpoint {path}: not a reed-protein checkpoint ({err})") from err
-    if weights not in ("ema", "raw"):
-        raise CLIError(f"--weights: unknown {weights!r}; choose ema or raw")
-    params = state["ema" if weights == "ema" else "model"]
-    prefix = "denoiser."
-    own = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+    if is_design_checkpoint(state):
+        if weights != state["weights"]:
+            raise CLIError(
+                f"checkpoint {path}: a design checkpoint that holds only the {state['weights']} weights; "
+                f"use --weights {state['weights']}"
+            )
+        own = {k: v.float() if v.is_floating_point() else v for k, v in state["denoiser"].items()}
+    else:
+        params = state["ema" if weights == "ema" else "model"]
+        prefix = "denoiser."
+        own = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
     model = DiffusionMPNN(cfg.model)
     try:
         model.load_state_dict(own)
     except RuntimeError as err:
         raise CLIError(f"checkpoint {path}: weights do not fit the model of its config ({err})") from err
     return model.eval().to(device)
+
+
+def _design_checkpoint(path: Path) -> dict | None:
+    """The contents of ``path`` if it is a design checkpoint (read with ``weights_only``), else None."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a training checkpoint (numpy RNG state), or not a checkpoint at all
+        return None
+    return state if is_design_checkpoint(state) else None
 
 
 def parse_positions(text: str, length: int) -> torch.Tensor:
@@ -110,6 +134,8 @@ def design(args: argparse.Namespace) -> int:
     protein = read_structure(args.structure, chains)
     for note in protein.notes:
         print(f"note: {protein.name}: {note}", file=sys.stderr)
+    if args.checkpoint is None:
+        print(f"note: no --checkpoint: using {DEFAULT_DESCRIPTION}", file=sys.stderr)
     model = load_denoiser(args.checkpoint, args.weights, args.device)
     cfg = SamplerConfig(steps=args.steps, temperature=args.temperature, order=args.order)
     batch = collate([protein]).to(args.device)
@@ -182,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fix", default="", help="positions kept native, e.g. 1-10,25 (1-based)")
     d.add_argument(
         "--checkpoint",
-        default=DEFAULT_CHECKPOINT,
-        help=f"trained checkpoint or run folder (default {DEFAULT_CHECKPOINT})",
+        default=None,
+        help="a training run's folder or checkpoints/last.pt, or a design checkpoint "
+        f"(default: {DEFAULT_DESCRIPTION.replace('%', '%%')}; reed_protein/weights/{DEFAULT_WEIGHTS.name})",
     )
     d.add_argument("--weights", choices=("ema", "raw"), default="ema")
     d.add_argument("--seed", type=int, default=0)
