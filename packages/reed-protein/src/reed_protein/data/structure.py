@@ -1,4 +1,5 @@
-"""Read protein backbones from PDB, mmCIF and BinaryCIF files (optionally gzip/bzip2-compressed).
+"""Read protein backbones from PDB, mmCIF and BinaryCIF files (optionally gzip/bzip2-compressed;
+AutoDock's PDBQT is read as PDB: its extra columns follow the coordinates).
 
 One :class:`Protein` holds the backbone ``X [L, 4, 3]`` (N, CA, C, O; the virtual CB is computed in
 the model from N, CA, C), the sequence as tokens, and per residue the chain id, a residue index
@@ -43,7 +44,7 @@ from reed_protein.data.residues import ALPHABET, UNK, decode, parent_letter
 
 log = logging.getLogger(__name__)
 
-FORMATS = {".pdb": "pdb", ".ent": "pdb", ".cif": "cif", ".mmcif": "cif", ".bcif": "bcif"}
+FORMATS = {".pdb": "pdb", ".ent": "pdb", ".pdbqt": "pdb", ".cif": "cif", ".mmcif": "cif", ".bcif": "bcif"}
 COMPRESSIONS = (".gz", ".bz2")
 BACKBONE = ("N", "CA", "C", "O")
 PEPTIDE_BOND_MAX = 2.0  # A; a C(i)-N(i+1) distance above this is a chain break
