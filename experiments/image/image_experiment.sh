@@ -33,6 +33,7 @@ DEADLINE_S=${DEADLINE_S:-100000}  # whole-script budget; training is stopped in 
 VARIANTS=${VARIANTS:-"vanilla repa reed"}
 SEEDS=${SEEDS:-0}
 EVAL_WEIGHTS=${EVAL_WEIGHTS:-both}  # ema | raw | both
+EMA_EVERY=${EMA_EVERY:-0}  # with both: the EMA weights only at multiples of this step (0: always)
 CKPT_EVERY=${CKPT_EVERY:-250}
 STOP_AT=${STOP_AT:-$((STEPS / 2))}  # repa-stop / reed-stop: the step alignment stops at
 WINDOW_HIGH=${WINDOW_HIGH:-0.5}  # repa-window: alpha_k(tau) on [0, WINDOW_HIGH]
@@ -51,9 +52,12 @@ TARGETS="reed.targets.vision.store=$WORK/features/vision \
  reed.targets.vision.location=$LOCATION reed.targets.caption.location=$LOCATION"
 
 if [ ! -f "$CLASSIFIER" ]; then
-  CLASSIFIER=$OUT/fmnist-classifier-32.pt
-  $PY -m reed_image.eval_classifier --data-path "$CARRY/fashion-mnist" --epochs 6 --out "$CLASSIFIER" \
-    2>&1 | tee "$OUT/classifier.log"
+  # trained once into WORK and reused when the runs resume (one classifier for a whole curve);
+  # copied to $FINAL so that a later call can carry it (CLASSIFIER=...)
+  CLASSIFIER=$WORK/fmnist-classifier-32.pt
+  [ -f "$CLASSIFIER" ] || $PY -m reed_image.eval_classifier --data-path "$CARRY/fashion-mnist" --epochs 6 \
+    --out "$CLASSIFIER" 2>&1 | tee "$OUT/classifier.log"
+  cp "$CLASSIFIER" "$FINAL/"
 fi
 t0=$(date +%s)
 echo "config: steps $STEPS batch $BATCH seeds $SEEDS eval every $EVAL_EVERY ($EVAL_WEIGHTS) with $NUM_SAMPLES samples (Euler $EVAL_STEPS)" \
@@ -82,7 +86,7 @@ for v in $VARIANTS; do
       train.run_dir="$WORK/runs/$run" train.seed="$seed" train.steps="$STEPS" train.eval_every="$EVAL_EVERY" \
       train.batch_size="$BATCH" train.ckpt_every="$CKPT_EVERY" train.progress_bar=false \
       train.tensorboard=false eval.num_samples="$NUM_SAMPLES" eval.classifier="$CLASSIFIER" \
-      eval.sampler.steps="$EVAL_STEPS" eval.weights="$EVAL_WEIGHTS" eval.reference_split=test \
+      eval.sampler.steps="$EVAL_STEPS" eval.weights="$EVAL_WEIGHTS" eval.ema_every="$EMA_EVERY" eval.reference_split=test \
       >> "$OUT/train_$run.log" 2>&1 &
     pids+=($!)
   done

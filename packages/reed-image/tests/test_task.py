@@ -184,3 +184,20 @@ def test_evaluation_writes_grid_and_metrics(make_cfg, tmp_path):
     line = json.loads((tmp_path / "eval" / "eval.jsonl").read_text().splitlines()[-1])
     assert line["step"] == cfg.train.steps and line["ema/fd"] == result["eval/ema/fd"]
     assert (tmp_path / "eval" / "samples" / f"ema_step{cfg.train.steps:07d}.png").exists()
+
+
+def test_ema_every_evaluates_the_ema_weights_only_at_its_multiples(make_cfg):
+    cfg = make_cfg("ema_every", vision=False, caption=False)
+    cfg = replace(
+        cfg,
+        train=replace(cfg.train, steps=4, eval_every=1),
+        eval=replace(cfg.eval, weights="both", ema_every=2),
+    )
+    task, _, _ = _fit(cfg)
+    grids = sorted(p.name for p in (Path(cfg.train.run_dir) / "samples").glob("*_step*.png"))
+    assert [g for g in grids if g.startswith("raw_")] == [f"raw_step{s:07d}.png" for s in (1, 2, 3, 4)]
+    assert [g for g in grids if g.startswith("ema_")] == [f"ema_step{s:07d}.png" for s in (2, 4)]
+    with pytest.raises(ValueError, match="eval.ema_every: must be >= 0"):
+        replace(cfg.eval, ema_every=-1)
+    with pytest.raises(ValueError, match="eval.weights: unknown 'best'"):
+        replace(cfg.eval, weights="best")

@@ -88,8 +88,18 @@ class EvalConfig:
     reference_split: str = "train"
     reference_size: int = 10000
     weights: str = "ema"  # ema | raw | both
+    # with weights=both: the EMA weights only at steps that are multiples of this (0: at every
+    # evaluation). Early EMA weights trail the raw ones, and each evaluation costs num_samples x
+    # sampler.steps network calls.
+    ema_every: int = 0
     grid_size: int = 100
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(method="euler", steps=50))
+
+    def __post_init__(self) -> None:
+        if self.weights not in ("ema", "raw", "both"):
+            raise ValueError(f"eval.weights: unknown {self.weights!r}; choose ema, raw or both")
+        if self.ema_every < 0:
+            raise ValueError(f"eval.ema_every: must be >= 0, got {self.ema_every}")
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,8 @@ class ImageTask:
         chosen = {"ema": [("ema", ema)], "raw": [("raw", model)], "both": [("ema", ema), ("raw", model)]}[
             e.weights
         ]
+        if e.weights == "both" and e.ema_every and step % e.ema_every:
+            chosen = [("raw", model)]
         results: dict[str, float] = {}
         n = e.num_samples if e.metrics else min(e.num_samples, e.grid_size)
         for tag, m in chosen:
