@@ -38,7 +38,7 @@ from reed_molecule.chem import NUM_BOND_CLASSES, get_vocab
 from reed_molecule.configs import DataConfig
 from reed_molecule.data.arrays import MoleculeArrays
 from reed_molecule.data.batch import PaddedMolecules
-from reed_molecule.models.equivariant import DenoiserConfig, EquivariantDenoiser
+from reed_molecule.models import DenoiserConfig, build_network
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ PRESETS = {
 }
 
 
-def build_encoder(cfg: EncoderConfig, vocab) -> EquivariantDenoiser:
-    return EquivariantDenoiser(
+def build_encoder(cfg: EncoderConfig, vocab) -> nn.Module:
+    return build_network(
         replace(
             cfg.model,
             num_atom_types=len(vocab.atoms),
@@ -154,7 +154,7 @@ def load_encoder(path: str | Path, device: str = "cpu"):
 
 
 @torch.no_grad()
-def embed(model: EquivariantDenoiser, molecules: Sequence[tuple], device="cpu") -> torch.Tensor:
+def embed(model: nn.Module, molecules: Sequence[tuple], device="cpu") -> torch.Tensor:
     """``z [B, S]``: masked mean of the last layer's invariant node states of clean molecules."""
     n_max = max(len(m[1]) for m in molecules)
     B = len(molecules)

@@ -29,19 +29,20 @@ from reed_molecule.chem import NUM_BOND_CLASSES
 from reed_molecule.configs import MoleculeConfig
 from reed_molecule.data.arrays import MoleculeArrays
 from reed_molecule.data.batch import MoleculeBatch, PaddedMolecules
-from reed_molecule.models.equivariant import EquivariantDenoiser
+from reed_molecule.models import build_network
 from reed_molecule.objective import corrupt, per_sample_losses, sample_tau
 from reed_molecule.sampling import AtomCountDistribution, sample_molecules
 
 
-def build_denoiser(cfg: MoleculeConfig, vocab) -> EquivariantDenoiser:
+def build_denoiser(cfg: MoleculeConfig, vocab) -> nn.Module:
+    """The network of ``cfg.model`` (``model.arch``: e3nn | semla) sized to ``vocab``."""
     model_cfg = replace(
         cfg.model,
         num_atom_types=len(vocab.atoms),
         num_charges=len(vocab.charges),
         num_bond_types=NUM_BOND_CLASSES,
     )
-    return EquivariantDenoiser(model_cfg)
+    return build_network(model_cfg)
 
 
 STORE_WAIT_S = 3600  # how long a rank other than 0 waits for rank 0 to build a target store

@@ -20,39 +20,12 @@ sees the layer's invariant scalars ``s [B, N, S]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 from e3nn import o3
 from e3nn.nn import Gate
 
-from reed_molecule.chem import NUM_BOND_CLASSES
-
-
-@dataclass(frozen=True)
-class DenoiserConfig:
-    num_atom_types: int = 5
-    num_charges: int = 3
-    num_bond_types: int = NUM_BOND_CLASSES
-    scalars: int = 128  # S: invariant channels per atom
-    vectors: int = 32  # V: l=1 channels per atom
-    edge_dim: int = 64
-    num_layers: int = 8
-    sh_lmax: int = 2
-    num_rbf: int = 32
-    rbf_max: float = 10.0  # Angstrom
-    cutoff: float | None = None  # None: fully connected; else radius graph (Angstrom)
-    self_condition: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("scalars", "vectors", "edge_dim", "num_layers", "num_rbf"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.sh_lmax not in (1, 2):
-            raise ValueError(f"model.sh_lmax: must be 1 or 2, got {self.sh_lmax}")
-        if self.cutoff is not None and self.cutoff <= 0:
-            raise ValueError(f"model.cutoff: must be > 0 or None, got {self.cutoff}")
+from reed_molecule.models.config import DenoiserConfig
 
 
 def rbf(d: torch.Tensor, num: int, d_max: float) -> torch.Tensor:
