@@ -144,3 +144,25 @@ def test_moses_smiles_are_read_from_molsets():
     assert len(smiles) == 5 and all(isinstance(s, str) and s for s in smiles)
     with pytest.raises(ValueError, match="MOSES split"):
         read_moses_smiles("nope")
+
+
+def test_size_bucket_sampler_covers_each_epoch_with_less_padding():
+    from reed_core.train import EpochSampler
+    from reed_molecule.data.batch import SizeBucketSampler
+
+    rng = np.random.default_rng(0)
+    num_atoms = rng.integers(3, 30, size=1000)
+    s = SizeBucketSampler(num_atoms, batch_size=32, seed=1, chunk=8)
+    assert s.steps_per_epoch == 31
+    epoch = np.concatenate([s.indices(i) for i in range(31)])
+    assert len(np.unique(epoch)) == len(epoch) == 31 * 32  # each molecule at most once per epoch
+    fresh = SizeBucketSampler(num_atoms, batch_size=32, seed=1, chunk=8)
+    assert np.array_equal(fresh.indices(40), s.indices(40))  # a pure function of the step
+    assert np.array_equal(
+        np.sort(np.concatenate([s.indices(5, r, 2) for r in (0, 1)])), np.sort(s.indices(5))
+    )
+
+    def padded_pairs(sampler):
+        return sum(32 * num_atoms[sampler.indices(i)].max() ** 2 for i in range(31))
+
+    assert padded_pairs(s) < 0.7 * padded_pairs(EpochSampler(1000, 32, seed=1))
