@@ -34,7 +34,8 @@ RDKit or fcd-torch is needed. Nothing here imports RDKit.
     ... --variant semla-compiled qm9_semla train.speed.compile=true
 
 ``current`` and ``semla`` name the presets ``qm9_budget_baseline`` and ``qm9_semla``; any other
-name is a preset. Overrides given without ``--variant`` apply to every variant (before its own).
+name is a preset. ``key=value`` words apply to every variant (before its own), except those
+after a ``--variant``, which are that variant's own.
 """
 
 from __future__ import annotations
@@ -385,6 +386,7 @@ def print_variant(label: str, r: dict, cuda: bool) -> None:
         print(f"   top ops by self {'CUDA' if cuda else 'CPU'} time per step:")
         for op in r["top_ops"]:
             print(f"     {op[key]:9.3f} ms  x{op['calls_per_step']:<6.0f} {op['name'][:90]}")
+    sys.stdout.flush()  # a variant's table is out before the next one is built
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -415,7 +417,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_intermixed_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    specs = [(name, ALIASES.get(name, name), []) for name in args.variants]
+    # --variants takes the key=value words that follow it too: those are overrides for every variant
+    args.overrides += [w for w in args.variants if "=" in w]
+    specs = [(name, ALIASES.get(name, name), []) for name in args.variants if "=" not in name]
     for v in args.variant:
         if len(v) < 2:
             raise SystemExit("--variant: expected LABEL PRESET [KEY=VALUE ...]")
