@@ -33,11 +33,11 @@ from reed_core.config import add_config_args, config_from_args, config_from_dict
 from reed_core.launch import add_slurm_args, launch_or_run
 from reed_core.objective import ObjectiveOutput
 from reed_core.taps import FeatureTaps
-from reed_core.train import EpochSampler, TrainConfig, Trainer, load_checkpoint, seed_everything
+from reed_core.train import TrainConfig, Trainer, load_checkpoint, seed_everything
 from reed_molecule.chem import NUM_BOND_CLASSES, get_vocab
 from reed_molecule.configs import DataConfig
 from reed_molecule.data.arrays import MoleculeArrays
-from reed_molecule.data.batch import PaddedMolecules
+from reed_molecule.data.batch import PaddedMolecules, training_sampler
 from reed_molecule.models import DenoiserConfig, build_network
 
 
@@ -104,7 +104,8 @@ class EncoderTask:
         rows = arrays.training_rows(cfg.data.train_split, cfg.data.limit)
         self.data = PaddedMolecules(arrays, rows)
         self.model = build_encoder(cfg, self.vocab)
-        self.sampler = EpochSampler(len(self.data), cfg.train.batch_size, cfg.train.seed)
+        d, t = cfg.data, cfg.train
+        self.sampler = training_sampler(d.batching, self.data.num_atoms, t.batch_size, t.seed, d.bucket_chunk)
         self.steps_per_epoch = self.sampler.steps_per_epoch
 
     def state_dict(self) -> dict:

@@ -24,11 +24,11 @@ import torch.nn as nn
 from reed_core.features import FeatureStore
 from reed_core.objective import ObjectiveOutput
 from reed_core.recipe import TargetConfig, assemble
-from reed_core.train import EpochSampler, seed_everything
+from reed_core.train import seed_everything
 from reed_molecule.chem import NUM_BOND_CLASSES
 from reed_molecule.configs import MoleculeConfig
 from reed_molecule.data.arrays import MoleculeArrays
-from reed_molecule.data.batch import MoleculeBatch, PaddedMolecules, SizeBucketSampler
+from reed_molecule.data.batch import MoleculeBatch, PaddedMolecules, training_sampler
 from reed_molecule.models import build_network
 from reed_molecule.objective import corrupt, per_sample_losses, sample_tau
 from reed_molecule.sampling import AtomCountDistribution, sample_molecules
@@ -143,12 +143,9 @@ class MoleculeTask:
         )
         self.model, self.targets = recipe.model, recipe.targets
         self.curriculum, self.objective = recipe.curriculum, recipe.objective
-        if cfg.data.batching == "size":
-            self.sampler = SizeBucketSampler(
-                self.train.num_atoms, cfg.train.batch_size, cfg.train.seed, cfg.data.bucket_chunk
-            )
-        else:
-            self.sampler = EpochSampler(len(self.train), cfg.train.batch_size, cfg.train.seed)
+        d, t = cfg.data, cfg.train
+        n_atoms = self.train.num_atoms
+        self.sampler = training_sampler(d.batching, n_atoms, t.batch_size, t.seed, d.bucket_chunk)
         self.steps_per_epoch = self.sampler.steps_per_epoch
 
     def state_dict(self) -> dict:

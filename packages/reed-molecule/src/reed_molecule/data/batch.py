@@ -128,3 +128,15 @@ class SizeBucketSampler:
         if epoch != self._epoch:
             self._epoch, self._batches = epoch, self._epoch_batches(epoch)
         return self._batches[i][rank::world]
+
+
+def training_sampler(batching: str, num_atoms: np.ndarray, batch_size: int, seed: int, chunk: int = 64):
+    """The sampler of ``data.batching``: ``random`` (reed-core's ``EpochSampler``) or ``size``
+    (:class:`SizeBucketSampler`)."""
+    from reed_core.train import EpochSampler
+
+    if batching == "size":
+        return SizeBucketSampler(num_atoms, batch_size, seed, chunk)
+    if batching == "random":
+        return EpochSampler(len(num_atoms), batch_size, seed)
+    raise ValueError(f"data.batching: unknown {batching!r}; choose random or size")
