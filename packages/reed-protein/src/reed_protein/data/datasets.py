@@ -463,15 +463,23 @@ def save_proteins(
     proteins: Sequence[Protein],
     split: dict[str, list[str]] | None = None,
     meta: dict | None = None,
+    compact: bool = False,
 ) -> Path:
-    """Concatenated arrays + offsets in one ``.npz`` (a few MB for hundreds of chains)."""
+    """Concatenated arrays + offsets in one ``.npz`` (a few MB for hundreds of chains).
+
+    ``compact``: each chain's coordinates centred on its mean CA and stored as float16 (half the
+    size; within 0.03 A for chains up to 100 A across; the models are translation-invariant)."""
     path = Path(path)
     lengths = np.array([len(p) for p in proteins], dtype=np.int64)
+    if compact:
+        X = np.concatenate([p.X - p.X[:, 1].mean(axis=0) for p in proteins]).astype(np.float16)
+    else:
+        X = np.concatenate([p.X for p in proteins]).astype(np.float32)
     np.savez_compressed(
         path,
         names=np.array([p.name for p in proteins]),
         offsets=np.concatenate([[0], np.cumsum(lengths)]),
-        X=np.concatenate([p.X for p in proteins]).astype(np.float32),
+        X=X,
         aatype=np.concatenate([p.aatype for p in proteins]),
         chain_id=np.concatenate([p.chain_id.astype(str) for p in proteins]),
         residue_index=np.concatenate([p.residue_index for p in proteins]),
@@ -511,6 +519,7 @@ def load_proteins(path: str | Path) -> ProteinSet:
         raise UserError(
             f"{path}: not a protein set written by save_proteins ({type(err).__name__}: {err})"
         ) from err
+    arrays["X"] = arrays["X"].astype(np.float32)  # float16 in compact sets (save_proteins)
     proteins = []
     for i, name in enumerate(names.tolist()):
         a, b = int(offsets[i]), int(offsets[i + 1])
