@@ -1,6 +1,8 @@
 """The Semla denoiser (``model.arch=semla``): E(3) and permutation equivariance, padding, bf16,
 REED taps, memorising a few QM9 molecules, and the train -> sample CLI path. Tiny shapes, CPU."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -200,3 +202,25 @@ def test_cli_trains_resumes_and_samples_with_semla(tmp_path):
     sdf = tmp_path / "gen.sdf"
     sample.main(["--run-dir", str(run), "--num", "3", "--steps", "3", "--out", str(sdf), "--device", "cpu"])
     assert sdf.read_text().count("$$$$") == 3
+    assert (run / "samples" / "step_2.npz").is_file() and (run / "samples" / "step_4.npz").is_file()
+
+
+def test_samples_as_arrays_are_scored_with_or_without_rdkit(tmp_path, monkeypatch):
+    """sample --out X.npz needs no RDKit; evaluate --npz scores the file; without RDKit the
+    metrics are the stabilities alone."""
+    from reed_molecule import evaluate, sample, train
+    from reed_molecule.chem import get_vocab
+    from reed_molecule.metrics import evaluate_molecules
+    from reed_molecule.sampling import load_npz
+
+    run = tmp_path / "semla"
+    train.main(["--preset", "tiny_semla", "--run-dir", str(run), "reed.targets={}", "train.steps=1"])
+    npz = tmp_path / "gen.npz"
+    sample.main(["--run-dir", str(run), "--num", "5", "--steps", "2", "--out", str(npz), "--device", "cpu"])
+    full = evaluate.main(["--npz", str(npz), "--no-mmff"])
+    assert full["num_molecules"] == 5 and "validity" in full
+    generated, vocab = load_npz(npz)
+    monkeypatch.setitem(sys.modules, "rdkit", None)
+    bare = evaluate_molecules(list(generated), get_vocab(vocab), set(), mmff=True)
+    assert set(bare) == {"atom_stability", "mol_stability", "num_molecules", "rdkit_metrics"}
+    assert bare["mol_stability"] == full["mol_stability"] and bare["rdkit_metrics"] == 0.0

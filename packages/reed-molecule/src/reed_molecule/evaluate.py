@@ -1,6 +1,7 @@
 """Evaluate generated molecules (an SDF, or fresh samples from a run) with RDKit metrics.
 
     python -m reed_molecule.evaluate --sdf gen.sdf --data data/qm9.npz --fcd
+    python -m reed_molecule.evaluate --npz gen.npz --data data/qm9.npz   # from sample --out X.npz
     python -m reed_molecule.evaluate --run-dir runs/qm9_reed --num 1000 --data data/qm9.npz
 
 Prints (and with ``--out`` writes) JSON: atom/molecule stability, validity, connected validity,
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--sdf", help="generated molecules")
+    src.add_argument("--npz", help="generated molecules as arrays (sample --out FILE.npz)")
     src.add_argument("--run-dir", help="sample from this run's last checkpoint")
     p.add_argument("--data", default=None, help="MoleculeArrays .npz (novelty, FCD reference)")
     p.add_argument("--vocab", default="qm9", help="element vocabulary of the SDF (qm9 | drugs)")
@@ -75,6 +77,13 @@ def main(argv: list[str] | None = None) -> dict:
         chemnet_target = "chemnet" in cfg.reed.enabled
         num_atoms = counts.sample(args.num, np.random.default_rng(args.seed))
         mols = generate(denoiser, cfg, vocab, num_atoms, args.steps, args.seed, args.device)
+    elif args.npz:
+        from reed_molecule.sampling import load_npz
+
+        if not Path(args.npz).is_file():
+            raise SystemExit(f"error: --npz: {args.npz} does not exist")
+        generated, vocab_name = load_npz(args.npz)
+        vocab, mols = get_vocab(vocab_name), list(generated)
     else:
         try:
             vocab = get_vocab(args.vocab)

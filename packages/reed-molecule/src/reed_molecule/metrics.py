@@ -33,6 +33,14 @@ def atom_stability(a, c, e, vocab: Vocab) -> np.ndarray:
     )
 
 
+def rdkit_available() -> bool:
+    try:
+        import rdkit  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def mmff_energy_and_strain(mol, max_iters: int = 500) -> tuple[float, float] | None:
     """``(E_generated, E_generated - E_relaxed)`` in kcal/mol, or ``None`` if MMFF cannot type it."""
     from rdkit import Chem
@@ -64,7 +72,9 @@ def evaluate_molecules(
     mmff: bool = True,
     mmff_max: int = 200,
 ) -> dict[str, float]:
-    """Metrics of dense ``(x, a, c, e)`` molecules; returns fractions in [0, 1] and medians."""
+    """Metrics of dense ``(x, a, c, e)`` molecules; returns fractions in [0, 1] and medians.
+    Without RDKit only the stabilities are computed (``rdkit_metrics`` 0 says so)."""
+    use_rdkit = rdkit_available()
     n_mols = n_atoms = n_stable_atoms = n_stable_mols = n_valid = n_connected = 0
     valid_smiles: list[str] = []
     energies, strains = [], []
@@ -74,6 +84,8 @@ def evaluate_molecules(
         n_atoms += len(stable)
         n_stable_atoms += int(stable.sum())
         n_stable_mols += int(stable.all())
+        if not use_rdkit:
+            continue
         mol = arrays_to_mol(x, a, c, e, vocab)
         smi = smiles_of(mol)
         if smi is None:
@@ -89,6 +101,13 @@ def evaluate_molecules(
                 strains.append(res[1])
     if n_mols == 0:
         raise ValueError("metrics: no molecules to evaluate")
+    if not use_rdkit:
+        return {
+            "atom_stability": n_stable_atoms / max(n_atoms, 1),
+            "mol_stability": n_stable_mols / n_mols,
+            "num_molecules": float(n_mols),
+            "rdkit_metrics": 0.0,
+        }
     unique = set(valid_smiles)
     out = {
         "atom_stability": n_stable_atoms / max(n_atoms, 1),

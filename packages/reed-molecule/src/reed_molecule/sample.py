@@ -1,4 +1,5 @@
-"""Sample molecules from a trained run and write them to an SDF.
+"""Sample molecules from a trained run and write them to an SDF (or, with ``--out FILE.npz``, as
+dense arrays that need no RDKit; ``python -m reed_molecule.evaluate --npz FILE.npz`` scores them).
 
     python -m reed_molecule.sample --run-dir runs/qm9_reed --num 1000 --steps 100 --out gen.sdf
     python -m reed_molecule.sample --checkpoint last.pt --num-atoms 9,12,19 --out gen.sdf
@@ -17,7 +18,7 @@ import torch
 
 from reed_core.cli import main_guard
 from reed_molecule.chem import NUM_BOND_CLASSES, get_vocab
-from reed_molecule.sampling import AtomCountDistribution, sample_molecules, write_sdf
+from reed_molecule.sampling import AtomCountDistribution, sample_molecules, save_npz, write_sdf
 
 
 def load_run(checkpoint: str | Path, device: str = "cpu", use_ema: bool = True):
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None):
     p.add_argument("--num", type=int, default=100, help="molecules to generate")
     p.add_argument("--num-atoms", default=None, help="comma-separated atom counts (overrides --num)")
     p.add_argument("--steps", type=int, default=100, help="integration steps")
-    p.add_argument("--out", required=True, help="output .sdf")
+    p.add_argument("--out", required=True, help="output .sdf, or .npz (arrays, no RDKit needed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None):
     except (ValueError, RuntimeError) as err:
         raise SystemExit(f"error: {err}") from err
     mols = generate(denoiser, cfg, vocab, num_atoms, args.steps, args.seed, args.device, args.batch_size)
-    n = write_sdf(mols, vocab, args.out)
+    n = save_npz(mols, vocab, args.out) if args.out.endswith(".npz") else write_sdf(mols, vocab, args.out)
     print(f"wrote {n} molecules to {args.out}")
     return mols
 

@@ -145,6 +145,55 @@ def sample_molecules(
     return GeneratedMolecules(**{k: np.concatenate(v) for k, v in out.items()})
 
 
+def as_generated(molecules) -> GeneratedMolecules:
+    """Dense :class:`GeneratedMolecules` of ``molecules`` (already dense, or ``(x, a, c, e)`` tuples)."""
+    if isinstance(molecules, GeneratedMolecules):
+        return molecules
+    molecules = list(molecules)
+    n_max = max(len(a) for _, a, _, _ in molecules)
+    M = len(molecules)
+    out = GeneratedMolecules(
+        x=np.zeros((M, n_max, 3), np.float32),
+        a=np.zeros((M, n_max), np.int64),
+        c=np.zeros((M, n_max), np.int64),
+        e=np.zeros((M, n_max, n_max), np.int64),
+        mask=np.zeros((M, n_max), bool),
+    )
+    for i, (x, a, c, e) in enumerate(molecules):
+        n = len(a)
+        out.x[i, :n], out.a[i, :n], out.c[i, :n], out.e[i, :n, :n], out.mask[i, :n] = x, a, c, e, True
+    return out
+
+
+def save_npz(molecules, vocab, path) -> int:
+    """Write generated molecules as dense arrays (no RDKit needed): ``x, a, c, e, mask, vocab``.
+    ``python -m reed_molecule.evaluate --npz FILE`` scores them where RDKit is installed."""
+    g = as_generated(molecules)
+    np.savez_compressed(
+        path,
+        x=g.x,
+        a=g.a.astype(np.int8),
+        c=g.c.astype(np.int8),
+        e=g.e.astype(np.int8),
+        mask=g.mask,
+        vocab=np.array(vocab.name),
+    )
+    return len(g)
+
+
+def load_npz(path) -> tuple[GeneratedMolecules, str]:
+    """``(molecules, vocabulary name)`` of a file written by :func:`save_npz`."""
+    with np.load(path) as f:
+        g = GeneratedMolecules(
+            x=f["x"],
+            a=f["a"].astype(np.int64),
+            c=f["c"].astype(np.int64),
+            e=f["e"].astype(np.int64),
+            mask=f["mask"],
+        )
+        return g, str(f["vocab"])
+
+
 def write_sdf(molecules: GeneratedMolecules, vocab, path) -> int:
     """Write every generated molecule (sanitizable or not) to an SDF; returns the count."""
     from rdkit import Chem

@@ -212,15 +212,19 @@ class MoleculeTask:
         )
 
     def evaluate(self, model: nn.Module, ema_model: nn.Module, step: int, run_dir) -> dict:
-        from reed_molecule.metrics import evaluate_molecules, valid_smiles_of
+        from reed_molecule.metrics import evaluate_molecules, rdkit_available, valid_smiles_of
+        from reed_molecule.sampling import save_npz
 
         e = self.cfg.eval
         net = (ema_model if e.use_ema else model).denoiser
         was_training = net.training
         mols = self.sample(net, e.num_samples, e.sample_steps, seed=step, batch_size=e.batch_size)
         net.train(was_training)
+        samples = Path(run_dir) / "samples"  # scored again elsewhere: evaluate --npz FILE
+        samples.mkdir(parents=True, exist_ok=True)
+        save_npz(mols, self.vocab, samples / f"step_{step}.npz")
         out = evaluate_molecules(mols, self.vocab, self.train_smiles, mmff=e.mmff, mmff_max=e.mmff_max)
-        if e.fcd and len(self.ref_smiles) > 1:
+        if e.fcd and len(self.ref_smiles) > 1 and rdkit_available():
             out["fcd"] = self.fcd(valid_smiles_of(mols, self.vocab), str(next(net.parameters()).device))
             # FCD's ChemNet is also the alignment target of this run: flag it next to the number
             out["fcd_chemnet_is_target"] = float("chemnet" in self.cfg.reed.enabled)
