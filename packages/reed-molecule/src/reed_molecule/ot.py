@@ -83,9 +83,13 @@ def align_prior(
     counts = mask.sum(-1)
     for _ in range(rounds):
         if "permutation" in kind:
+            cost = ((x0[:, :, None, :] - out[:, None, :, :]) ** 2).sum(-1)  # [B, N(data), N(prior)]
             for b, n in enumerate(counts.tolist()):
-                if n >= 2:
-                    out[b, :n] = out[b, :n][hungarian(out[b, :n], x0[b, :n])]
+                if n >= 2:  # as hungarian(), on this molecule's block of the batch's costs
+                    rows, cols = linear_sum_assignment(cost[b, :n, :n])
+                    perm = np.empty(n, dtype=np.int64)
+                    perm[rows] = cols
+                    out[b, :n] = out[b, :n][perm]
         if "rotation" in kind:
             out = kabsch_batched(out, x0, mask)
     return out
