@@ -62,7 +62,10 @@ def _orthogonal(seed: int, reflect: bool = False) -> torch.Tensor:
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "self_cond"])
 def net(request):
     torch.manual_seed(0)
-    return SemlaDenoiser(_cfg(self_condition=request.param)).eval()
+    net = SemlaDenoiser(_cfg(self_condition=request.param)).eval()
+    # the coordinate head starts at zero (x0_hat = x_tau); a trained one is not: test that one
+    torch.nn.init.normal_(net.coord_head.weight, std=0.5)
+    return net
 
 
 def test_build_network_picks_the_arch():
@@ -134,6 +137,7 @@ def test_one_atom_molecule_and_bf16_autocast_stay_finite(net):
     assert out_bf[0].dtype == torch.float32  # the coordinate path stays float32
     assert all(torch.isfinite(o.float()).all() for o in out_bf)
     assert (out_bf[0] - out[0])[mask].abs().max() < 0.1  # bf16 invariants: small coordinate error
+    assert (out_bf[0] - out[0])[mask].abs().max() > 0  # (the head is not zero: a real comparison)
 
 
 def test_reed_tap_sees_invariant_features_and_trains_the_layers_below():
