@@ -52,10 +52,12 @@ def main() -> None:
     parser.add_argument(
         "--compact",
         type=int,
+        nargs="+",
         default=None,
         metavar="N",
-        help="also write OUT/compact.npz: every validation and test chain and N training chains (a "
-        "seeded random subset), coordinates float16: a large set small enough to carry",
+        help="also write OUT/compact.npz, coordinates float16: N training chains and (a second N) "
+        "that many validation and test chains each (default: all), seeded random subsets of the "
+        "cluster split: a large set small enough to carry",
     )
     args = parser.parse_args()
     out = Path(args.out)
@@ -69,18 +71,21 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     if args.compact is not None:
         rng = np.random.default_rng(cfg.split_seed)
-        train = data["train"]
-        keep = sorted(rng.choice(len(train), size=min(args.compact, len(train)), replace=False).tolist())
-        split = {"train": [train[i] for i in keep], "validation": data["validation"], "test": data["test"]}
-        meta = {**pset.meta, "compact": {"train_chains": len(keep), "of": len(train), "seed": cfg.split_seed}}
+        n_train, n_heldout = (args.compact + [None])[:2]
+        sizes = {"train": n_train, "validation": n_heldout, "test": n_heldout}
+        split = {}
+        for name, chains in data.items():
+            n = len(chains) if sizes[name] is None else min(sizes[name], len(chains))
+            split[name] = [chains[i] for i in sorted(rng.choice(len(chains), size=n, replace=False).tolist())]
+        counts = {name: {"chains": len(split[name]), "of": len(data[name])} for name in split}
         path = save_proteins(
             out / "compact.npz",
             [p for ps in split.values() for p in ps],
-            {s: [p.name for p in ps] for s, ps in split.items()},
-            meta,
+            {name: [p.name for p in ps] for name, ps in split.items()},
+            {**pset.meta, "compact": {**counts, "seed": cfg.split_seed}},
             compact=True,
         )
-        print(f"{path}: {len(keep)} of {len(train)} training chains, {path.stat().st_size / 2**20:.1f} MiB")
+        print(f"{path}: {json.dumps(counts)}, {path.stat().st_size / 2**20:.1f} MiB")
     print("proteinmpnn copied to", copy_proteinmpnn(out / "site", args.weights))
 
 
