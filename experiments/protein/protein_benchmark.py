@@ -5,11 +5,14 @@
         --seconds 380 --out work/configs
 
 ``stores`` precomputes the pretrained ProteinMPNN encoder's node (structure) and edge (pair)
-features of every chain into reed-core feature stores. ``plan`` times training steps of both
-configurations and one evaluation on this machine, picks the largest epoch budget ``E`` that lets
-both runs finish in ``--seconds`` when run side by side, scales the paper's curriculum to it
-(diffusion warm-up ``E/6`` epochs, cosine alignment decay over ``2E/3``: 50 and 200 at E = 300) and
-writes one config file per run. Both runs share model, data, seed, batches and epoch budget.
+features of every chain into reed-core feature stores (for large sets, leave ``--stores`` out of
+``plan``: the frozen encoder then runs on each batch, as the targets' ``store=""`` says). ``plan``
+times training steps of both configurations and one evaluation on this machine, picks the largest
+epoch budget ``E`` that lets every run (baseline and REED at each of ``--seeds``) finish in
+``--seconds`` when run side by side, scales the paper's curriculum to it (diffusion warm-up ``E/6``
+epochs, cosine alignment decay over ``2E/3``: 50 and 200 at E = 300) and writes one config file per
+run, ``{baseline,reed}-s{seed}.yaml``. The runs share model, data, batches and epoch budget; a pair
+of baseline and REED runs shares its seed.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ def cmd_stores(args: argparse.Namespace) -> None:
     )
 
 
-def configure(base: ProteinConfig, args, name: str, epochs: int, every: int) -> ProteinConfig:
+def configure(
+    base: ProteinConfig, args, name: str, epochs: int, every: int, seed: int = 0
+) -> ProteinConfig:
     data = replace(base.data, source="npz", path=args.data, max_tokens=args.max_tokens)
     targets = pm_targets(args.stores) if base.reed.targets else {}
     curriculum = CurriculumConfig(unit="epoch")  # the baseline: constant weights
@@ -72,9 +77,9 @@ def configure(base: ProteinConfig, args, name: str, epochs: int, every: int) -> 
             run_dir=f"{args.runs}/{name}",
             progress_bar=False,
             tensorboard=False,
-            seed=args.seed,
+            seed=seed,
             log_every=10,
-            ckpt_every=100_000,
+            ckpt_every=args.ckpt_every,
         ),
         eval=replace(EvalConfig(), every_epochs=every, weights=("raw",)),
     )
@@ -123,10 +128,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
     data = load_data(probe.data)
     t_reed, t_eval, spe = time_steps(probe, data, args.calib_steps)
     t_base, _, _ = time_steps(configure(baseline(), args, "baseline", 1, 1), data, args.calib_steps)
-    n_evals = args.evals
-    # both runs side by side on one GPU: assume their steps serialise (conservative)
-    per_epoch = (t_reed + t_base) * spe
-    epochs = int((args.seconds - 2 * n_evals * t_eval) / per_epoch)
+    n_evals, n_seeds = args.evals, len(args.seeds)
+    # every run side by side on one GPU: assume their steps serialise (conservative)
+    per_epoch = (t_reed + t_base) * spe * n_seeds
+    epochs = int((args.seconds - 2 * n_seeds * n_evals * t_eval) / per_epoch)
     epochs = max(args.min_epochs, min(args.max_epochs, epochs))
     every = max(1, epochs // n_evals)
     plan = {
@@ -135,12 +140,16 @@ def cmd_plan(args: argparse.Namespace) -> None:
         "steps_per_epoch": spe,
         "epochs": epochs,
         "eval_every_epochs": every,
+        "seeds": args.seeds,
+        "targets": "stored" if args.stores else "online",
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, base in (("baseline", baseline()), ("reed", reed())):
-        save_config(configure(base, args, name, epochs, every), out / f"{name}.yaml")
+    for seed in args.seeds:
+        for name, base in (("baseline", baseline()), ("reed", reed())):
+            run = f"{name}-s{seed}"
+            save_config(configure(base, args, run, epochs, every, seed), out / f"{run}.yaml")
     (out / "plan.json").write_text(json.dumps(plan, indent=1))
     print(json.dumps(plan, indent=1))
 
@@ -154,7 +163,7 @@ def main() -> None:
     s.add_argument("--weights", default="v_48_020")
     p = sub.add_parser("plan")
     p.add_argument("--data", required=True)
-    p.add_argument("--stores", required=True)
+    p.add_argument("--stores", default="", help="folder of the `stores` step (default: targets online)")
     p.add_argument("--out", required=True)
     p.add_argument("--runs", default="runs/protein")
     p.add_argument("--seconds", type=float, default=380.0)
@@ -163,7 +172,8 @@ def main() -> None:
     p.add_argument("--min-epochs", type=int, default=12)
     p.add_argument("--max-epochs", type=int, default=300)
     p.add_argument("--max-tokens", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints (runs resume)")
     p.add_argument(
         "--set",
         action="append",
