@@ -80,6 +80,10 @@ def configure(
             seed=seed,
             log_every=10,
             ckpt_every=args.ckpt_every,
+            # checkpoints/best.pt at the best validation recovery; stop after --patience
+            # evaluations without a new best (0: train the whole budget)
+            best_metric="eval/raw/validation/recovery",
+            patience=args.patience,
         ),
         eval=replace(EvalConfig(), every_epochs=every, weights=("raw",)),
     )
@@ -174,6 +178,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=3000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints (runs resume)")
+    p.add_argument("--patience", type=int, default=0, help="evaluations without a new best, then stop")
     p.add_argument(
         "--set",
         action="append",

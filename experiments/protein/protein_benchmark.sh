@@ -12,8 +12,9 @@
 # would not fit a disk). Runs checkpoint into WORK and resume from there when called again with the
 # same WORK (on a machine that kept it); the plan is made once per WORK.
 # Writes into OUT: log.txt, plan.json, RUN_metrics.jsonl of each run (held-out recovery every few
-# epochs), final_{test,validation}.json (EMA weights, 4 designs per chain, with the pretrained
-# ProteinMPNN as reference) and reed-s0_denoiser.pt (config + EMA weights, for `reed-protein design`).
+# epochs), final_{test,validation}.json (EMA weights at each run's best validation recovery, 4
+# designs per chain, with the pretrained ProteinMPNN as reference) and reed-s0_denoiser.pt (config +
+# EMA weights of the last step, for `reed-protein design`).
 set -euo pipefail
 CARRY=${1:-.carry/protein}
 OUT=${2:-runs/protein/benchmark}
@@ -66,7 +67,10 @@ for r in "${RUNS[@]}"; do say "--- $r log (tail)"; tail -n 3 "$WORK/$r.log" | te
 say "training done"
 
 CHECKPOINTS=()
-for r in "${RUNS[@]}"; do CHECKPOINTS+=(--checkpoint "$r=$WORK/runs/$r"); done
+for r in "${RUNS[@]}"; do  # the best validation recovery's weights where kept (train.best_metric)
+  best="$WORK/runs/$r/checkpoints/best.pt"
+  if [ -f "$best" ]; then CHECKPOINTS+=(--checkpoint "$r=$best"); else CHECKPOINTS+=(--checkpoint "$r=$WORK/runs/$r"); fi
+done
 for split in test validation; do
   $PY -m reed_protein.evaluate --data "$DATA" --split $split "${CHECKPOINTS[@]}" \
       --proteinmpnn v_48_020 --num 4 --steps 50 --temperature 0.1 \

@@ -1,3 +1,4 @@
+import json
 from dataclasses import fields, replace
 
 import numpy as np
@@ -262,3 +263,50 @@ def test_param_dtype_config_errors_name_the_field(tmp_path):
         tiny(tmp_path, 1, param_dtype="bfloat16", precision="fp32")
     with pytest.raises(ValueError, match="train.speed.param_dtype=bfloat16 needs bf16 autocast"):
         fit(tiny(tmp_path, 1, param_dtype="bfloat16", device="cpu"))  # auto precision: fp32 on a CPU
+
+
+class ScriptedEvalTask(ToyTask):
+    """The toy task whose evaluation returns a fixed sequence of scores (one per evaluation)."""
+
+    def __init__(self, cfg, scores):
+        super().__init__(cfg)
+        self.scores = list(scores)
+
+    def evaluate(self, model, ema, step, run_dir):
+        return {"score": self.scores[step - 1]}
+
+
+def test_best_checkpoint_and_early_stopping(tmp_path):
+    scores = [3.0, 2.0, 2.5, 2.6, 1.0, 0.5]  # best (min) at step 2, then two evaluations without one
+    cfg = tiny(tmp_path / "run", 6, eval_every=1, best_metric="eval/score", best_mode="min", patience=2)
+    trainer = Trainer(cfg.train, ScriptedEvalTask(cfg, scores), experiment_config=cfg)
+    trainer.fit()
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert trainer.step == 4  # stopped after steps 3 and 4 brought no new best
+    assert load_checkpoint(ckpt / "best.pt", "cpu")["step"] == 2
+    assert load_checkpoint(ckpt / "last.pt", "cpu")["step"] == 4
+    record = json.loads((ckpt / "best.json").read_text())
+    assert record == {
+        "metric": "eval/score",
+        "mode": "min",
+        "value": 2.0,
+        "step": 2,
+        "evals_since_best": 2,
+        "stopped": True,
+    }
+    # a resumed run stays stopped (nothing more is trained or logged)
+    again = Trainer(cfg.train, ScriptedEvalTask(cfg, scores), experiment_config=cfg)
+    again.fit()
+    assert again.step == 4 and max(m["step"] for m in read_metrics(tmp_path / "run")) == 4
+    # without patience the best is kept and training runs to the end: best at step 6
+    cfg = tiny(tmp_path / "full", 6, eval_every=1, best_metric="eval/score", best_mode="min")
+    Trainer(cfg.train, ScriptedEvalTask(cfg, scores), experiment_config=cfg).fit()
+    assert load_checkpoint(tmp_path / "full" / "checkpoints" / "best.pt", "cpu")["step"] == 6
+    # a metric the evaluation does not give, and bad settings, are clear errors
+    cfg = tiny(tmp_path / "typo", 2, eval_every=1, best_metric="eval/scroe")
+    with pytest.raises(ValueError, match="train.best_metric: 'eval/scroe' is not among .*eval/score"):
+        Trainer(cfg.train, ScriptedEvalTask(cfg, scores), experiment_config=cfg).fit()
+    with pytest.raises(ValueError, match="train.patience: needs train.best_metric"):
+        tiny(tmp_path / "x", 2, patience=3)
+    with pytest.raises(ValueError, match="train.best_mode: unknown 'lowest'"):
+        tiny(tmp_path / "x", 2, best_metric="eval/score", best_mode="lowest")

@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from reed_core.best import BestTracker
 from reed_core.config import config_to_dict, save_config
 from reed_core.cuda_graph import GraphedStep
 from reed_core.objective import ObjectiveOutput
@@ -71,6 +72,12 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 1000
     eval_every: int = 0  # 0: evaluate only at the end (if the task can)
+    # keep checkpoints/best.pt at the best value of this evaluation metric (e.g.
+    # "eval/ema/validation/recovery"); patience > 0: stop after that many evaluations without a new
+    # best (reed_core.best)
+    best_metric: str = ""
+    best_mode: str = "max"  # max | min
+    patience: int = 0
     seed: int = 0
     device: str = "auto"
     resume: bool = True
@@ -94,6 +101,12 @@ class TrainConfig:
             raise ValueError(f"train.ema_decay: must lie in [0, 1), got {self.ema_decay}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision: unknown {self.precision!r}; choose one of {PRECISIONS}")
+        if self.best_mode not in ("max", "min"):
+            raise ValueError(f"train.best_mode: unknown {self.best_mode!r}; choose max or min")
+        if self.patience < 0:
+            raise ValueError(f"train.patience: must be >= 0, got {self.patience}")
+        if self.patience and not self.best_metric:
+            raise ValueError("train.patience: needs train.best_metric (the metric whose best it waits for)")
         if self.speed.param_dtype != "float32" and self.precision == "fp32":
             raise ValueError(
                 f"train.speed.param_dtype={self.speed.param_dtype} needs bf16 autocast (train.precision "
@@ -246,6 +259,11 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self.best = (
+            BestTracker(self.ckpt_path.parent, cfg.best_metric, cfg.best_mode, cfg.patience, cfg.resume)
+            if cfg.best_metric
+            else None
+        )
         self.step = 0
         seed_everything(cfg.seed + self.dist.rank)
 
@@ -436,7 +454,10 @@ class Trainer:
         count, t_last, last = 0, time.perf_counter(), {}
         steps_per_epoch = max(int(self.task.steps_per_epoch), 1)
         self.model.train()
-        while self.step < cfg.steps:
+        if self.best is not None and self.best.stopped and is_main:
+            r = self.best.record
+            print(f"run {self.run_dir} stopped early (train.patience): best {r.metric} {r.value} at {r.step}")
+        while self.step < cfg.steps and not (self.best is not None and self.best.stopped):
             t_batch = time.perf_counter()
             batch = self.task.batch(self.step, self.dist.rank, self.dist.world, self.device)
             host["host/batch_ms"] = 1000 * (time.perf_counter() - t_batch)  # a stall shows here first
@@ -475,10 +496,28 @@ class Trainer:
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self.save()
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
-                last.update(self.evaluate(logger))
+                results = self.evaluate(logger)
+                last.update(results)
+                if self.best is not None and self.track_best(results):
+                    self.save()  # stopped early: last.pt at this step, so a resumed run stays stopped
         bar.close()
         logger.close()
         return last
+
+    def track_best(self, results: dict[str, float]) -> bool:
+        """Rank 0 updates ``best.json`` (and ``best.pt`` on a new best); every rank learns whether
+        training stops here (``train.patience``)."""
+        improved = False
+        if self.dist.is_main:
+            improved = self.best.update(results, self.step)
+            if improved:
+                save_checkpoint(self.state_dict(), self.best.checkpoint)
+            self.best.save()
+        if self.dist.world > 1:
+            flag = torch.tensor([float(self.best.stopped)], device=self.device)
+            dist.broadcast(flag, 0)
+            self.best.record.stopped = bool(flag.item())
+        return self.best.stopped
 
     def evaluate(self, logger: MetricsLogger) -> dict[str, float]:
         if not hasattr(self.task, "evaluate"):
