@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +17,24 @@ def qm9_small(qm9_small_path):
     from reed_molecule.data.arrays import MoleculeArrays
 
     return MoleculeArrays.load(qm9_small_path)
+
+
+def _molecule_inputs(B=3, N=9, n_real=(9, 7, 5), seed=0):
+    """A padded batch of random molecules: coordinates, atom types, charges, symmetric bonds,
+    the real-atom mask (``n_real`` atoms each, coordinates zero beyond) and tau."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, N, 3, generator=g) * 1.5
+    a = torch.randint(0, 6, (B, N), generator=g)
+    c = torch.randint(0, 4, (B, N), generator=g)
+    e = torch.triu(torch.randint(0, 5, (B, N, N), generator=g), 1)
+    e = e + e.transpose(1, 2)
+    mask = torch.arange(N)[None] < torch.tensor(n_real)[:, None]
+    x = x * mask[..., None]
+    tau = torch.rand(B, generator=g)
+    return x, a, c, e, mask, tau
+
+
+@pytest.fixture(scope="session")
+def molecule_inputs():
+    """``molecule_inputs(B, N, n_real, seed)``: the denoiser tests' random padded batch."""
+    return _molecule_inputs

@@ -7,19 +7,6 @@ from e3nn import o3
 from reed_molecule.models.equivariant import DenoiserConfig, EquivariantDenoiser
 
 
-def _inputs(B=3, N=9, n_real=(9, 7, 5), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, N, 3, generator=g) * 1.5
-    a = torch.randint(0, 6, (B, N), generator=g)
-    c = torch.randint(0, 4, (B, N), generator=g)
-    e = torch.triu(torch.randint(0, 5, (B, N, N), generator=g), 1)
-    e = e + e.transpose(1, 2)
-    mask = torch.arange(N)[None] < torch.tensor(n_real)[:, None]
-    x = x * mask[..., None]
-    tau = torch.rand(B, generator=g)
-    return x, a, c, e, mask, tau
-
-
 def _rotation(seed):
     torch.manual_seed(seed)
     return o3.rand_matrix()
@@ -47,8 +34,8 @@ def _self_cond(net, x, mask, seed=1):
     )
 
 
-def test_rotation_translation_equivariance(net):
-    x, a, c, e, mask, tau = _inputs()
+def test_rotation_translation_equivariance(net, molecule_inputs):
+    x, a, c, e, mask, tau = molecule_inputs()
     sc = _self_cond(net, x, mask)
     R = _rotation(3)
     t = torch.tensor([1.0, -2.0, 0.5])
@@ -64,9 +51,9 @@ def test_rotation_translation_equivariance(net):
     assert torch.allclose(out_r[3][pair], out[3][pair], atol=1e-4)
 
 
-def test_reflection_is_equivariant_for_coordinates(net):
+def test_reflection_is_equivariant_for_coordinates(net, molecule_inputs):
     # e3nn irreps 1o are parity-odd vectors: a mirror image gives the mirrored prediction
-    x, a, c, e, mask, tau = _inputs()
+    x, a, c, e, mask, tau = molecule_inputs()
     sc = _self_cond(net, x, mask)
     P = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
     out = net(x, a, c, e, mask, tau, sc)
@@ -74,8 +61,8 @@ def test_reflection_is_equivariant_for_coordinates(net):
     assert torch.allclose(out_p[0][mask], (out[0] @ P)[mask], atol=1e-4)
 
 
-def test_permutation_equivariance(net):
-    x, a, c, e, mask, tau = _inputs(n_real=(9, 9, 9))
+def test_permutation_equivariance(net, molecule_inputs):
+    x, a, c, e, mask, tau = molecule_inputs(n_real=(9, 9, 9))
     sc = _self_cond(net, x, mask)
     perm = torch.randperm(9, generator=torch.Generator().manual_seed(5))
     out = net(x, a, c, e, mask, tau, sc)
@@ -88,8 +75,8 @@ def test_permutation_equivariance(net):
     assert torch.allclose(out_p[3], out[3][:, perm][:, :, perm], atol=1e-4)
 
 
-def test_padding_does_not_change_real_atoms(net):
-    x, a, c, e, mask, tau = _inputs(B=1, N=7, n_real=(5,))
+def test_padding_does_not_change_real_atoms(net, molecule_inputs):
+    x, a, c, e, mask, tau = molecule_inputs(B=1, N=7, n_real=(5,))
     out = net(x, a, c, e, mask, tau)
     # same molecule with 4 more padded slots holding garbage
     pad = 4
@@ -106,10 +93,10 @@ def test_padding_does_not_change_real_atoms(net):
     assert torch.allclose(out2[3][:, :n, :n], out[3][:, :n, :n], atol=1e-4)
 
 
-def test_prediction_keeps_centre_of_mass():
+def test_prediction_keeps_centre_of_mass(molecule_inputs):
     torch.manual_seed(0)
     net = EquivariantDenoiser(DenoiserConfig(scalars=8, vectors=4, edge_dim=8, num_layers=2, num_rbf=4))
-    x, a, c, e, mask, tau = _inputs()
+    x, a, c, e, mask, tau = molecule_inputs()
     m = mask[..., None].float()
     x = x - (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
     x = x * m
@@ -118,13 +105,13 @@ def test_prediction_keeps_centre_of_mass():
     assert com.abs().max() < 1e-5
 
 
-def test_tap_points_see_invariant_scalars():
+def test_tap_points_see_invariant_scalars(molecule_inputs):
     from reed_core.taps import FeatureTaps
 
     torch.manual_seed(0)
     net = EquivariantDenoiser(DenoiserConfig(scalars=8, vectors=4, edge_dim=8, num_layers=3, num_rbf=4))
     assert net.tap_points() == ["layers.0.tap", "layers.1.tap", "layers.2.tap"]
-    x, a, c, e, mask, tau = _inputs()
+    x, a, c, e, mask, tau = molecule_inputs()
     R = _rotation(1)
     with FeatureTaps(net, {"h": 2}) as taps:
         net(x, a, c, e, mask, tau)

@@ -2,39 +2,19 @@
 REED taps, memorising a few QM9 molecules, and the train -> sample CLI path. Tiny shapes, CPU."""
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from reed_molecule.configs import tiny_semla
 from reed_molecule.models import DenoiserConfig, SemlaDenoiser, build_network
 
 
 def _cfg(**kw) -> DenoiserConfig:
-    base = dict(
-        arch="semla",
-        scalars=16,
-        vectors=4,
-        edge_dim=8,
-        num_layers=3,
-        heads=4,
-        message_dim=8,
-        message_hidden=16,
-    )
-    return DenoiserConfig(**{**base, **kw})
-
-
-def _inputs(B=3, N=9, n_real=(9, 7, 5), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, N, 3, generator=g) * 1.5
-    a = torch.randint(0, 6, (B, N), generator=g)
-    c = torch.randint(0, 4, (B, N), generator=g)
-    e = torch.triu(torch.randint(0, 5, (B, N, N), generator=g), 1)
-    e = e + e.transpose(1, 2)
-    mask = torch.arange(N)[None] < torch.tensor(n_real)[:, None]
-    x = x * mask[..., None]
-    tau = torch.rand(B, generator=g)
-    return x, a, c, e, mask, tau
+    """The tiny_semla preset's network, with changes."""
+    return replace(tiny_semla().model, **kw)
 
 
 def _self_cond(net, x, seed=1):
@@ -79,8 +59,8 @@ def test_build_network_picks_the_arch():
 
 
 @pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
-def test_rotation_translation_permutation_equivariance(net, reflect):
-    x, a, c, e, mask, tau = _inputs(n_real=(9, 9, 9))
+def test_rotation_translation_permutation_equivariance(net, reflect, molecule_inputs):
+    x, a, c, e, mask, tau = molecule_inputs(n_real=(9, 9, 9))
     sc = _self_cond(net, x)
     Q, t = _orthogonal(3, reflect), torch.tensor([1.0, -2.0, 0.5])
     perm = torch.randperm(9, generator=torch.Generator().manual_seed(5))
@@ -97,8 +77,8 @@ def test_rotation_translation_permutation_equivariance(net, reflect):
     assert torch.allclose(out_g[3], out[3][:, perm][:, :, perm], atol=1e-4)
 
 
-def test_padding_and_centre_of_mass(net):
-    x, a, c, e, mask, tau = _inputs(B=1, N=7, n_real=(5,))
+def test_padding_and_centre_of_mass(net, molecule_inputs):
+    x, a, c, e, mask, tau = molecule_inputs(B=1, N=7, n_real=(5,))
     sc = _self_cond(net, x)
     out = net(x, a, c, e, mask, tau, sc)
     pad = 4  # the same molecule with 4 more padded slots holding garbage
@@ -127,8 +107,8 @@ def test_padding_and_centre_of_mass(net):
     assert torch.allclose(com_in, com_out, atol=1e-5)
 
 
-def test_one_atom_molecule_and_bf16_autocast_stay_finite(net):
-    x, a, c, e, mask, tau = _inputs(n_real=(9, 1, 2))
+def test_one_atom_molecule_and_bf16_autocast_stay_finite(net, molecule_inputs):
+    x, a, c, e, mask, tau = molecule_inputs(n_real=(9, 1, 2))
     sc = _self_cond(net, x)
     out = net(x, a, c, e, mask, tau, sc)
     assert all(torch.isfinite(o).all() for o in out)
@@ -140,7 +120,7 @@ def test_one_atom_molecule_and_bf16_autocast_stay_finite(net):
     assert (out_bf[0] - out[0])[mask].abs().max() > 0  # (the head is not zero: a real comparison)
 
 
-def test_reed_tap_sees_invariant_features_and_trains_the_layers_below():
+def test_reed_tap_sees_invariant_features_and_trains_the_layers_below(molecule_inputs):
     from reed_core.alignment import AlignmentTarget
     from reed_core.model import ReedModel
 
@@ -149,7 +129,7 @@ def test_reed_tap_sees_invariant_features_and_trains_the_layers_below():
     assert denoiser.tap_points() == ["layers.0.tap", "layers.1.tap", "layers.2.tap"]
     target = AlignmentTarget("z", depth=2, dim=6, pooling="mean", projector_hidden=8)
     model = ReedModel(denoiser, [target])
-    x, a, c, e, mask, tau = _inputs()
+    x, a, c, e, mask, tau = molecule_inputs()
     z = {"z": torch.randn(3, 6)}
     Q = _orthogonal(7)
     _, terms = model(x, a, c, e, mask, tau, tau=tau, z_targets=z, align_masks={"z": mask})
