@@ -310,3 +310,15 @@ def test_best_checkpoint_and_early_stopping(tmp_path):
         tiny(tmp_path / "x", 2, patience=3)
     with pytest.raises(ValueError, match="train.best_mode: unknown 'lowest'"):
         tiny(tmp_path / "x", 2, best_metric="eval/score", best_mode="lowest")
+
+
+def test_a_damaged_or_foreign_best_record_is_a_clear_error(tmp_path):
+    cfg = tiny(tmp_path / "run", 2, eval_every=1, best_metric="eval/score")
+    record = tmp_path / "run" / "checkpoints" / "best.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{not json")
+    with pytest.raises(ValueError, match=r"best.json: not a best-checkpoint record"):
+        Trainer(cfg.train, ScriptedEvalTask(cfg, [1.0, 2.0]), experiment_config=cfg)
+    record.write_text(json.dumps({"metric": "eval/loss", "mode": "min"}))
+    with pytest.raises(ValueError, match=r"train.best_metric: .*best.json tracks 'eval/loss' \(min\)"):
+        Trainer(cfg.train, ScriptedEvalTask(cfg, [1.0, 2.0]), experiment_config=cfg)

@@ -43,13 +43,16 @@ class BestTracker:
         self.patience = patience
         self.record = BestRecord(metric, mode)
         if resume and self.path.exists():  # train.resume=false starts the run, and its best, over
-            saved = json.loads(self.path.read_text())
-            if saved.get("metric") != metric or saved.get("mode") != mode:
+            try:
+                saved = BestRecord(**json.loads(self.path.read_text()))
+            except (json.JSONDecodeError, TypeError) as err:
+                raise ValueError(f"{self.path}: not a best-checkpoint record ({err}); delete it") from err
+            if (saved.metric, saved.mode) != (metric, mode):
                 raise ValueError(
-                    f"train.best_metric: {self.path} tracks {saved.get('metric')!r} ({saved.get('mode')}), "
+                    f"train.best_metric: {self.path} tracks {saved.metric!r} ({saved.mode}), "
                     f"not {metric!r} ({mode}); use a new run folder or delete that file"
                 )
-            self.record = BestRecord(**saved)
+            self.record = saved
 
     @property
     def stopped(self) -> bool:
