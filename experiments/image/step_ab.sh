@@ -20,8 +20,10 @@ export PYTHONPATH="packages/reed-core/src:packages/reed-image/src:$CARRY/pylib${
 mkdir -p "$WORK/runs"
 V="reed.targets.vision.store=$WORK/vision reed.targets.vision.checkpoint=$CARRY/efficientnet-lite0.pth"
 $PY -m reed_image.features --preset fmnist-repa data.path="$CARRY/fashion-mnist" $V $EXTRA 2>&1 | grep -v batch/s | tail -n 1
-for spec in "vanilla - false" "repa mmap false" "repa host false" "repa device false" "vanilla - true" \
-    "repa mmap true" "repa device true"; do
+# SPECS: "variant location compile" triples separated by commas
+SPECS=${SPECS:-"vanilla - false,repa mmap false,repa host false,repa device false,vanilla - true,repa mmap true,repa device true"}
+IFS=, read -ra SPEC_LIST <<< "$SPECS"
+for spec in "${SPEC_LIST[@]}"; do
   set -- $spec
   targets=""
   [ "$1" = repa ] && targets="$V reed.targets.vision.location=$2"
