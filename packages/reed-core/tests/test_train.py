@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 from dataclasses import fields, replace
 
 import numpy as np
@@ -56,6 +58,37 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_goes(tmp_path):
     for pa, pb in zip(straight.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
     for pa, pb in zip(straight.ema.parameters(), resumed.ema.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+class TerminatedToyTask(ToyTask):
+    """The toy task that sends its own process SIGTERM during step ``kill_at`` (0-based)."""
+
+    kill_at = 4
+
+    def loss(self, model, batch, step):
+        if step == self.kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().loss(model, batch, step)
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_run_resumes_exactly(tmp_path):
+    straight = fit(tiny(tmp_path / "a", 8))
+    straight.fit()
+    cfg = tiny(tmp_path / "b", 8)  # checkpoints every 3 steps: step 5 is between checkpoints
+    killed = Trainer(cfg.train, TerminatedToyTask(cfg), experiment_config=cfg)
+    before = signal.getsignal(signal.SIGTERM)
+    killed.fit()
+    assert killed.step == 5
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 5
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is removed again
+    resumed = fit(cfg)
+    resumed.fit()
+    a = [m for m in read_metrics(tmp_path / "a") if "loss" in m]
+    b = [m for m in read_metrics(tmp_path / "b") if "loss" in m]
+    assert [m["step"] for m in b] == list(range(1, 9))
+    assert [m["loss"] for m in a] == [m["loss"] for m in b]
+    for pa, pb in zip(straight.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
 
 

@@ -32,6 +32,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -457,49 +459,59 @@ class Trainer:
         if self.best is not None and self.best.stopped and is_main:
             r = self.best.record
             print(f"run {self.run_dir} stopped early (train.patience): best {r.metric} {r.value} at {r.step}")
-        while self.step < cfg.steps and not (self.best is not None and self.best.stopped):
-            t_batch = time.perf_counter()
-            batch = self.task.batch(self.step, self.dist.rank, self.dist.world, self.device)
-            host["host/batch_ms"] = 1000 * (time.perf_counter() - t_batch)  # a stall shows here first
-            out = self.train_step(batch)
-            for name, value in out.terms.items():
-                if isinstance(value, torch.Tensor):
-                    value = value.detach().float()
-                    # always a new tensor: a term may live in a CUDA graph's output buffer
-                    # (compile_mode=reduce-overhead), which the next step overwrites
-                    sums[name] = sums[name] + value if name in sums else value.clone()
-                else:
-                    host[name] = float(value)
-            count += 1
-            self.step += 1
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                names = list(sums)
-                stacked = torch.stack([sums[n] for n in names]) / count
-                if self.dist.world > 1:
-                    dist.all_reduce(stacked)
-                    stacked /= self.dist.world
-                values = dict(zip(names, stacked.tolist()))  # the one host sync per interval
-                values.update(host)
-                now = time.perf_counter()
-                values.update(
-                    step=self.step,
-                    epoch=self.step / steps_per_epoch,
-                    lr=self.lr_at(self.step - 1),
-                    steps_per_s=count / (now - t_last),
-                )
-                if not all(math.isfinite(v) for k, v in values.items() if k.startswith("loss")):
-                    raise FloatingPointError(f"non-finite loss at step {self.step}: {values}")
-                logger.log(values)
-                bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
-                last, sums, host, count, t_last = values, {}, {}, 0, now
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                self.save()
-            if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
-                results = self.evaluate(logger)
-                last.update(results)
-                if self.best is not None and self.track_best(results):
-                    self.save()  # stopped early: last.pt at this step, so a resumed run stays stopped
+        with _TerminationFlag(enabled=self.dist.world == 1) as terminated:
+            while self.step < cfg.steps and not (self.best is not None and self.best.stopped):
+                t_batch = time.perf_counter()
+                batch = self.task.batch(self.step, self.dist.rank, self.dist.world, self.device)
+                host["host/batch_ms"] = 1000 * (time.perf_counter() - t_batch)  # a stall shows here first
+                out = self.train_step(batch)
+                for name, value in out.terms.items():
+                    if isinstance(value, torch.Tensor):
+                        value = value.detach().float()
+                        # always a new tensor: a term may live in a CUDA graph's output buffer
+                        # (compile_mode=reduce-overhead), which the next step overwrites
+                        sums[name] = sums[name] + value if name in sums else value.clone()
+                    else:
+                        host[name] = float(value)
+                count += 1
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    names = list(sums)
+                    stacked = torch.stack([sums[n] for n in names]) / count
+                    if self.dist.world > 1:
+                        dist.all_reduce(stacked)
+                        stacked /= self.dist.world
+                    values = dict(zip(names, stacked.tolist()))  # the one host sync per interval
+                    values.update(host)
+                    now = time.perf_counter()
+                    values.update(
+                        step=self.step,
+                        epoch=self.step / steps_per_epoch,
+                        lr=self.lr_at(self.step - 1),
+                        steps_per_s=count / (now - t_last),
+                    )
+                    if not all(math.isfinite(v) for k, v in values.items() if k.startswith("loss")):
+                        raise FloatingPointError(f"non-finite loss at step {self.step}: {values}")
+                    logger.log(values)
+                    bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
+                    last, sums, host, count, t_last = values, {}, {}, 0, now
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self.save()
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
+                    results = self.evaluate(logger)
+                    last.update(results)
+                    if self.best is not None and self.track_best(results):
+                        self.save()  # stopped early: last.pt at this step, so a resumed run stays stopped
+                if terminated.is_set:
+                    if self.step % cfg.ckpt_every != 0 and self.step != cfg.steps:
+                        self.save()
+                    print(
+                        f"run {self.run_dir}: stopped by SIGTERM at step {self.step}; checkpoint saved "
+                        f"to {self.ckpt_path} (run the same command again to resume)",
+                        flush=True,
+                    )
+                    break
         bar.close()
         logger.close()
         return last
@@ -539,6 +551,30 @@ class Trainer:
         if self.dist.world > 1:
             dist.barrier()
         return results
+
+
+class _TerminationFlag:
+    """Set by SIGTERM (``timeout``, ``kill``, a scheduler's preemption) while ``fit`` runs, so the
+    loop checkpoints after the current step and returns instead of dying with the steps since the
+    last checkpoint. Single-process runs in the main thread only: a multi-rank run would need the
+    ranks to agree on the step to stop at (Slurm runs use submitit's SIGUSR2 requeue instead)."""
+
+    def __init__(self, enabled: bool):
+        self.is_set = False
+        self._previous = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.is_set = True
+
+    def __enter__(self) -> _TerminationFlag:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 class MetricsLogger:
