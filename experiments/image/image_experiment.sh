@@ -11,7 +11,8 @@
 # same model, data, batch and budget. Target tables are memory-mapped (LOCATION=mmap: one copy in
 # the page cache shared by every process; LOCATION=device gathers on the GPU, 9.8 GB a process).
 # Runs checkpoint every CKPT_EVERY steps into WORK (and at the step the deadline's SIGTERM stops
-# them) and resume from there, so a curve can be longer than one call: call again with the same WORK (on a machine that kept it) and it goes on.
+# them) and resume from there, so a curve can be longer than one call: call again with the same
+# WORK (on a machine that kept it) and it goes on.
 # Variants: vanilla, repa, reed (vision + caption + 50-step diffusion warm-up), reed-nowarmup,
 # repa-stop / reed-stop (alignment switched off at STOP_AT steps: "HASTE"-style early stop),
 # repa-window (vision alignment only for tau in [0, WINDOW_HIGH]: alpha_k a window).
