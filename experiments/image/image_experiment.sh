@@ -73,24 +73,26 @@ echo "features: $(( $(date +%s) - t0 ))s" | tee -a "$OUT/features.log"
 status=0
 RUNS=()
 STOP="kind=linear start=$STOP_AT end=$((STOP_AT + 1)) v_start=1.0 v_end=0.0"
-for v in $VARIANTS; do
-  preset=fmnist-$v
-  extra=""
-  case $v in
-    reed-nowarmup) preset=fmnist-reed; extra="reed.curriculum.w_diff.kind=constant" ;;
-    repa-stop) preset=fmnist-repa; extra=$(printf 'reed.curriculum.w_align.%s ' $STOP) ;;
-    reed-stop) preset=fmnist-reed; extra=$(printf 'reed.curriculum.w_align.%s ' $STOP) ;;
-    repa-window) preset=fmnist-repa
-      extra="reed.targets.vision.alpha.kind=window reed.targets.vision.alpha.low=0.0 reed.targets.vision.alpha.high=$WINDOW_HIGH" ;;
-  esac
-  for seed in $SEEDS; do
+# seeds outer, variants inner: with PARALLEL below the number of runs, every variant advances
+for seed in $SEEDS; do
+  for v in $VARIANTS; do
+    preset=fmnist-$v
+    extra=""
+    case $v in
+      reed-nowarmup) preset=fmnist-reed; extra="reed.curriculum.w_diff.kind=constant" ;;
+      repa-stop) preset=fmnist-repa; extra=$(printf 'reed.curriculum.w_align.%s ' $STOP) ;;
+      reed-stop) preset=fmnist-reed; extra=$(printf 'reed.curriculum.w_align.%s ' $STOP) ;;
+      repa-window) preset=fmnist-repa
+        extra="reed.targets.vision.alpha.kind=window reed.targets.vision.alpha.low=0.0 reed.targets.vision.alpha.high=$WINDOW_HIGH" ;;
+    esac
     run=$v-s$seed
     RUNS+=("$run")
     # at most PARALLEL trainings at once: the next starts when one ends
     while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || status=1; done
-    TRAIN_TIMEOUT=$(( DEADLINE_S - (SECONDS + 40) ))  # leave 40 s to collect and report
+    TRAIN_TIMEOUT=$(( DEADLINE_S - (SECONDS + 45) ))  # leave 45 s to collect and report
     [ "$TRAIN_TIMEOUT" -gt 60 ] || { echo "deadline: $run not started" | tee -a "$OUT/experiment.log"; status=1; continue; }
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} timeout "$TRAIN_TIMEOUT" $PY -m reed_image.train --preset "$preset" $DATA $TARGETS $extra $EXTRA \
+    # SIGTERM at the deadline: the trainer checkpoints its current step and exits (KILL 30 s later)
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} timeout -k 30 "$TRAIN_TIMEOUT" $PY -m reed_image.train --preset "$preset" $DATA $TARGETS $extra $EXTRA \
       train.run_dir="$WORK/runs/$run" train.seed="$seed" train.steps="$STEPS" train.eval_every="$EVAL_EVERY" \
       train.batch_size="$BATCH" train.ckpt_every="$CKPT_EVERY" train.progress_bar=false \
       train.tensorboard=false eval.num_samples="$NUM_SAMPLES" eval.classifier="$CLASSIFIER" \
