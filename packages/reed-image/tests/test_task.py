@@ -201,3 +201,16 @@ def test_ema_every_evaluates_the_ema_weights_only_at_its_multiples(make_cfg):
         replace(cfg.eval, ema_every=-1)
     with pytest.raises(ValueError, match="eval.weights: unknown 'best'"):
         replace(cfg.eval, weights="best")
+
+
+def test_data_limit_subset_is_the_same_for_every_run_seed(make_cfg):
+    """Seeds of a study train on the same images (and share one feature store); the subset
+    changes only with data.limit_seed."""
+    cfg = make_cfg("limit", vision=False, caption=False)
+    cfg = replace(cfg, data=replace(cfg.data, limit=64))
+    ids = {}
+    for seed in (0, 1):
+        ids[seed] = ImageTask(replace(cfg, train=replace(cfg.train, seed=seed))).images.ids
+    assert len(ids[0]) == 64 and ids[0] == ids[1]
+    other = ImageTask(replace(cfg, data=replace(cfg.data, limit_seed=1))).images.ids
+    assert sorted(other) != sorted(ids[0])

@@ -61,6 +61,7 @@ class DataConfig:
     channels: int = 1  # imagefolder: 1 (grey) or 3 (RGB)
     download: bool = False
     limit: int | None = None  # train on a fixed random subset of this size
+    limit_seed: int = 0  # picks that subset; not train.seed, so every seed of a study sees the same images
     on_device: bool = True  # keep the whole image set on the training device
 
     def __post_init__(self) -> None:

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         sys.exit(f"error: --targets: {unknown} are not enabled targets of this config ({list(enabled)})")
     d = cfg.data
     images, _ = load_source(d.source, d.path, d.split, d.resolution, d.fit, d.channels, d.download)
-    images = images.subset(d.limit, seed=cfg.train.seed)
+    images = images.subset(d.limit, seed=d.limit_seed)
     out = {}
     for name in names:
         store = ensure_store(name, enabled[name], images, cfg.train.run_dir, device, rebuild=args.rebuild)

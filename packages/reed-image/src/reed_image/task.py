@@ -73,7 +73,7 @@ class ImageTask:
         self.images, self.latent_scale = load_source(
             d.source, d.path, d.split, d.resolution, d.fit, d.channels, d.download
         )
-        self.images = self.images.subset(d.limit, seed=cfg.train.seed)
+        self.images = self.images.subset(d.limit, seed=d.limit_seed)
         check_model_fits_data(cfg, self.images)
         if cfg.model.cublaslt_plans:
             install_cublaslt_plans(cfg.model.cublaslt_plans, self.device)
