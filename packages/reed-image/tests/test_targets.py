@@ -65,6 +65,25 @@ def test_resample_tokens_between_grids():
         resample_tokens(torch.randn(1, 12, 2), 4)
 
 
+@pytest.mark.parametrize("side, grid", [(8, 16), (3, (7, 5)), (8, 4), (6, 4)])
+def test_resample_tokens_equals_interpolating_the_token_grid(side, grid):
+    """The matrix form gives F.interpolate's bilinear upsampling / adaptive average pooling of the
+    ``[B, D, side, side]`` grid, also under bf16 autocast (which must not lower its precision)."""
+    h, w = (grid, grid) if isinstance(grid, int) else grid
+    z = torch.randn(3, side * side, 5, dtype=torch.float64)
+    f = z.transpose(1, 2).reshape(3, 5, side, side)
+    if h >= side and w >= side:
+        ref = torch.nn.functional.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
+    else:
+        ref = torch.nn.functional.adaptive_avg_pool2d(f, (h, w))
+    ref = ref.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(resample_tokens(z, grid), ref, rtol=1e-12, atol=1e-12)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = resample_tokens(z.float(), grid)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref.float(), rtol=1e-5, atol=1e-5)
+
+
 def test_attribute_captions_describe_measured_properties():
     names = [f"class{i}" for i in range(3)]
     big_bright = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
