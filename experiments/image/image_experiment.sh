@@ -5,7 +5,9 @@
 #   OUT=out STEPS=2000 EVAL_EVERY=500 SEEDS="0 1 2" bash experiments/image/image_experiment.sh
 #
 # Needs the carried folder from `python experiments/image/image_prepare_carry.py` (CARRY, default
-# .carry/image) and an evaluation classifier (CLASSIFIER; trained here when the file is missing).
+# .carry/image) and an evaluation classifier (CLASSIFIER, default the committed
+# experiments/image/fmnist-classifier-32.pt: the FD is in its features, so every run of a study
+# must use the same file; trained here when the file is missing).
 # Builds the two feature stores once (EfficientNet-Lite0 tokens from the carried weight file;
 # caption store from the carried MiniLM table), then trains the runs as parallel processes with the
 # same model, data, batch and budget. Target tables are memory-mapped (LOCATION=mmap: one copy in
@@ -42,7 +44,7 @@ PARALLEL=${PARALLEL:-5}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 STOP_AT=${STOP_AT:-$((STEPS / 2))}  # repa-stop / reed-stop: the step alignment stops at
 WINDOW_HIGH=${WINDOW_HIGH:-0.5}  # repa-window: alpha_k(tau) on [0, WINDOW_HIGH]
-CLASSIFIER=${CLASSIFIER:-$CARRY/fmnist-classifier-32.pt}
+CLASSIFIER=${CLASSIFIER:-experiments/image/fmnist-classifier-32.pt}
 PY=${PY:-python}
 EXTRA=${EXTRA:-}  # overrides for every step (CPU smoke test: a tiny model and a data subset)
 export PYTHONPATH="packages/reed-core/src:packages/reed-image/src:$CARRY/pylib${PYTHONPATH:+:$PYTHONPATH}"
@@ -67,6 +69,7 @@ fi
 t0=$(date +%s)
 echo "config: steps $STEPS batch $BATCH seeds $SEEDS eval every $EVAL_EVERY ($EVAL_WEIGHTS) with $NUM_SAMPLES samples (Euler $EVAL_STEPS)" \
   | tee "$OUT/experiment.log"
+echo "evaluation classifier: $CLASSIFIER sha256 $(sha256sum "$CLASSIFIER" | cut -c1-16)" | tee -a "$OUT/experiment.log"
 $PY -m reed_image.features --preset fmnist-reed $DATA $TARGETS $EXTRA 2>&1 | grep -v "batch/s" | tee -a "$OUT/features.log"
 echo "features: $(( $(date +%s) - t0 ))s" | tee -a "$OUT/features.log"
 
