@@ -214,3 +214,30 @@ def test_data_limit_subset_is_the_same_for_every_run_seed(make_cfg):
     assert len(ids[0]) == 64 and ids[0] == ids[1]
     other = ImageTask(replace(cfg, data=replace(cfg.data, limit_seed=1))).images.ids
     assert sorted(other) != sorted(ids[0])
+
+
+def test_online_vision_target_equals_the_stored_one(make_cfg):
+    """location=online runs the encoder on each batch: the same z as the precomputed store, no
+    store written; the same loss; and a caption target cannot be online."""
+    cfg = make_cfg("stored", caption=False)
+    stored = ImageTask(cfg)
+    vision = cfg.reed.targets["vision"]
+    online_cfg = replace(
+        make_cfg("online", caption=False),
+        reed=replace(cfg.reed, targets={**cfg.reed.targets, "vision": replace(vision, location="online")}),
+    )
+    online = ImageTask(online_cfg)
+    assert not (Path(online_cfg.train.run_dir) / "features").exists()
+    assert online.encoders and not online.tables
+    a, b = stored.batch(3, 0, 1, stored.device), online.batch(3, 0, 1, online.device)
+    assert b.z["vision"].dtype == a.z["vision"].dtype == torch.float16
+    torch.testing.assert_close(b.z["vision"], a.z["vision"], rtol=1e-3, atol=1e-3)
+    online.model.load_state_dict(stored.model.state_dict())
+    torch.manual_seed(0)
+    loss_stored = stored.loss(stored.model, a, 3).loss
+    torch.manual_seed(0)
+    loss_online = online.loss(online.model, b, 3).loss
+    torch.testing.assert_close(loss_online, loss_stored, rtol=1e-3, atol=1e-4)
+    caption = replace(cfg.reed.targets["caption"], enabled=True, location="online")
+    with pytest.raises(ValueError, match=r"reed.targets.caption.location: online .* vision targets"):
+        replace(cfg, reed=replace(cfg.reed, targets={**cfg.reed.targets, "caption": caption}))

@@ -37,7 +37,7 @@ from reed_core.model import ReedModel
 from reed_core.objective import ReedObjective
 from reed_core.taps import resolve_depth
 
-LOCATIONS = ("host", "device", "mmap")
+LOCATIONS = ("host", "device", "mmap", "online")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")  # a target name is one key of a dotted override
 
 
@@ -49,7 +49,8 @@ class TargetConfig:
     ``feature`` (which of its outputs; "" where it has one), ``checkpoint`` (its weights: a hub name
     or a local path; "" for the encoder's default), ``store`` (folder of a precomputed
     :class:`reed_core.features.FeatureStore`; "" for the domain's default), ``location`` (where
-    the stored table is kept while training: host RAM, device memory, or memory-mapped), and
+    the stored table is kept while training: host RAM, device memory, or memory-mapped; or
+    ``online``: no store, the frozen encoder runs on each batch, where the domain supports it), and
     ``options`` (a domain's extra settings, e.g. reed-image's ``kind`` and ``input_size``).
 
     How the denoiser is aligned to it: ``depth`` ``d_k`` (1-based index into the denoiser's

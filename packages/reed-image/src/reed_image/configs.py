@@ -157,6 +157,11 @@ def check_target(name: str, t: TargetConfig) -> None:
         )
     if not isinstance(t.depth, int):
         raise ValueError(f"{where}.depth: give SiT's 1-based block index, got {t.depth!r}")
+    if t.location == "online" and kind != "vision":
+        raise ValueError(
+            f"{where}.location: online (the encoder runs on each batch) is for vision targets; "
+            f"a {kind} target is read from its store (host, device or mmap)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

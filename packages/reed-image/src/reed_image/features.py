@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     images = images.subset(d.limit, seed=d.limit_seed)
     out = {}
     for name in names:
+        if enabled[name].location == "online":
+            print(json.dumps({"target": name, "store": None, "location": "online"}), flush=True)
+            continue  # the encoder runs on each training batch: nothing to precompute
         store = ensure_store(name, enabled[name], images, cfg.train.run_dir, device, rebuild=args.rebuild)
         out[name] = str(store_root(name, enabled[name], cfg.train.run_dir))
         print(

@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 
 from reed_core.objective import ObjectiveOutput
-from reed_core.recipe import assemble
+from reed_core.recipe import TargetConfig, assemble
 from reed_core.train import EpochSampler, seed_everything
-from reed_image.configs import ImageConfig
+from reed_image.configs import ImageConfig, target_input_size
 from reed_image.data import ImageBatch, ImageSet, load_source, to_unit_range
 from reed_image.data.latents import load_vae, sample_posterior
 from reed_image.evaluator import build_evaluator
@@ -34,7 +34,7 @@ from reed_image.metrics import Evaluator
 from reed_image.models import SiT, build_sit, install_cublaslt_plans
 from reed_image.samplers import SamplerConfig
 from reed_image.targets.build import TargetTable, ensure_store
-from reed_image.targets.vision import resample_tokens
+from reed_image.targets.vision import VisionEncoder, build_vision_encoder, resample_tokens
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,6 +57,26 @@ def check_model_fits_data(cfg: ImageConfig, images: ImageSet) -> None:
         problems.append(f"model.num_classes={m.num_classes} < the {images.num_classes} data classes")
     if problems:
         raise ValueError(f"data {images.name!r} do not fit the model: " + "; ".join(problems))
+
+
+def online_encoder(name: str, tcfg: TargetConfig, kind: str, device: torch.device) -> VisionEncoder:
+    """The frozen vision encoder of a ``location=online`` target, on the training device."""
+    if kind != "pixel":
+        raise ValueError(
+            f"reed.targets.{name}.location: online encodes the training images, and these are "
+            f"{kind}s; precompute a store from the pixel images the latents came from"
+        )
+    encoder = build_vision_encoder(tcfg.encoder, tcfg.checkpoint or None, target_input_size(tcfg))
+    return encoder.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_online(encoder: VisionEncoder, x: torch.Tensor) -> torch.Tensor:
+    """``z = E(x0)`` for pixels ``x [B, C, H, W]`` in [-1, 1]: tokens ``[B, L, D]`` in float16,
+    computed as a store is built (bf16 autocast on a GPU), so online and stored targets agree."""
+    with torch.autocast("cuda", torch.bfloat16, enabled=x.device.type == "cuda"):
+        z = encoder(x)
+    return z.to(torch.float16)
 
 
 def build_denoiser(cfg: ImageConfig) -> SiT:
@@ -86,7 +106,11 @@ class ImageTask:
                     f"1..{depth} ({cfg.model.arch})"
                 )
         self.tables: dict[str, TargetTable] = {}
+        self.encoders: dict[str, VisionEncoder] = {}  # location=online: run on each batch
         for name, tcfg in self.targets.items():
+            if tcfg.location == "online":
+                self.encoders[name] = online_encoder(name, tcfg, self.images.kind, self.device)
+                continue
             if not build_stores and not tcfg.store:
                 raise ValueError(f"reed.targets.{name}.store: not set and building is off")
             store = ensure_store(name, tcfg, self.images, cfg.train.run_dir, self.device)
@@ -97,6 +121,7 @@ class ImageTask:
         seed_everything(cfg.train.seed)  # the initialisation depends on the run seed only
         self.denoiser = build_denoiser(cfg)
         dims = {name: table.dim for name, table in self.tables.items()}
+        dims |= {name: encoder.dim for name, encoder in self.encoders.items()}
         recipe = assemble(self.denoiser, cfg.reed, target_dims=dims)
         self.model, self.curriculum, self.objective = recipe.model, recipe.curriculum, recipe.objective
         self.interpolant = Interpolant(cfg.objective.interpolant)
@@ -124,6 +149,7 @@ class ImageTask:
         else:
             x = to_unit_range(x)  # (B, C, H, W) in [-1, 1]
         z = {name: table.gather(index) for name, table in self.tables.items()}
+        z |= {name: encode_online(encoder, x) for name, encoder in self.encoders.items()}
         return ImageBatch(x=x, y=y, index=index, z=z)
 
     def z_targets(self, batch: ImageBatch) -> dict[str, torch.Tensor]:
