@@ -51,12 +51,13 @@ export PYTHONPATH="packages/reed-core/src:packages/reed-image/src:$CARRY/pylib${
 mkdir -p "$OUT" "$WORK" "$FINAL"
 
 DATA="data.path=$CARRY/fashion-mnist"
-LOCATION=${LOCATION:-mmap}  # where training keeps the target tables (mmap | host | device)
+LOCATION=${LOCATION:-mmap}  # where training keeps the target tables (mmap | host | device | online:
+# the vision encoder runs on each batch, no store; the caption table is then memory-mapped)
 TARGETS="reed.targets.vision.store=$WORK/features/vision \
  reed.targets.vision.checkpoint=$CARRY/efficientnet-lite0.pth \
  reed.targets.caption.store=$WORK/features/caption \
  reed.targets.caption.encoder=table:$CARRY/captions.npz \
- reed.targets.vision.location=$LOCATION reed.targets.caption.location=$LOCATION"
+ reed.targets.vision.location=$LOCATION reed.targets.caption.location=${LOCATION/online/mmap}"
 
 if [ ! -f "$CLASSIFIER" ]; then
   # trained once into WORK and reused when the runs resume (one classifier for a whole curve);
