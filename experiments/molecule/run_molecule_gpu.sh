@@ -28,18 +28,18 @@ mkdir -p "$OUT" "$RUNS"
 python3 -c "import torch, rdkit, fcd_torch, e3nn; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '', 'rdkit', rdkit.__version__)"
 
 COMMON=(data.path="$DATA" train.steps=1000000 train.ckpt_every=1000000 train.progress_bar=false "${EXTRA[@]}")
-timeout --signal=INT "$SECONDS_TRAIN" python3 -m reed_molecule.train --preset qm9_budget_baseline \
+timeout -k 60 "$SECONDS_TRAIN" python3 -m reed_molecule.train --preset qm9_budget_baseline \
     --run-dir "$RUNS/baseline" "${COMMON[@]}" >"$OUT/baseline.log" 2>&1 &
 PID_BASE=$!
 t0=$(date +%s)
 python3 -m reed_molecule.targets --data "$DATA" --target chemnet --out "$RUNS/chemnet" \
     --split train --device "${DEVICE:-cuda}" --batch-size 1024 --overwrite 2>&1 | tr '\r' '\n' | tail -n 2 | tee "$OUT/targets.log"
 echo "ChemNet targets took $(( $(date +%s) - t0 )) s"
-timeout --signal=INT "$SECONDS_TRAIN" python3 -m reed_molecule.train --preset qm9_budget_reed \
+timeout -k 60 "$SECONDS_TRAIN" python3 -m reed_molecule.train --preset qm9_budget_reed \
     --run-dir "$RUNS/reed" reed.targets.chemnet.store="$RUNS/chemnet" "${COMMON[@]}" >"$OUT/reed.log" 2>&1 &
 PID_REED=$!
-wait $PID_BASE || echo "baseline exited with $? (124/130 = stopped at the time limit)"
-wait $PID_REED || echo "reed exited with $? (124/130 = stopped at the time limit)"
+wait $PID_BASE || echo "baseline exited with $? (124 = stopped at the time limit by SIGTERM, which checkpoints the step it reached)"
+wait $PID_REED || echo "reed exited with $? (124 = stopped at the time limit by SIGTERM, which checkpoints the step it reached)"
 for run in baseline reed; do
     mkdir -p "$OUT/$run"
     cp "$RUNS/$run/eval.jsonl" "$OUT/$run/" 2>/dev/null || echo "no evaluations for $run"
