@@ -55,7 +55,8 @@ def main() -> None:
     matrix = time_ms(lambda: resample_tokens(z, args.grid), args.repeats, device)
     reference = time_ms(lambda: interpolate_grid(z, args.side, args.grid), args.repeats, device)
     diff = (resample_tokens(z, args.grid) - interpolate_grid(z, args.side, args.grid)).abs().max().item()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    cpu = f"cpu ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(
         json.dumps(
             {

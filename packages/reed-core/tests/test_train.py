@@ -92,6 +92,20 @@ def test_sigterm_checkpoints_the_current_step_and_the_run_resumes_exactly(tmp_pa
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
 
 
+def test_sigterm_handler_installed_before_is_left_in_place(tmp_path):
+    """Under submitit, SIGTERM belongs to submitit (it ignores it; SIGUSR2 checkpoints and
+    requeues): the trainer must not take it over and stop early."""
+    received = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        cfg = tiny(tmp_path / "c", 8)
+        trainer = Trainer(cfg.train, TerminatedToyTask(cfg), experiment_config=cfg)
+        trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert received == [signal.SIGTERM] and trainer.step == 8
+
+
 def test_resume_after_a_crash_between_checkpoints_logs_each_step_once(tmp_path):
     cfg = tiny(tmp_path / "c", 5)
     trainer = fit(cfg)

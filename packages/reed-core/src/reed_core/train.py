@@ -557,12 +557,15 @@ class _TerminationFlag:
     """Set by SIGTERM (``timeout``, ``kill``, a scheduler's preemption) while ``fit`` runs, so the
     loop checkpoints after the current step and returns instead of dying with the steps since the
     last checkpoint. Single-process runs in the main thread only: a multi-rank run would need the
-    ranks to agree on the step to stop at (Slurm runs use submitit's SIGUSR2 requeue instead)."""
+    ranks to agree on the step to stop at. A handler installed before (submitit's, which ignores
+    Slurm's SIGTERM and checkpoints on SIGUSR2 before a requeue) is left in place."""
 
     def __init__(self, enabled: bool):
         self.is_set = False
         self._previous = None
-        if enabled and threading.current_thread() is threading.main_thread():
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # nobody else handles it
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
