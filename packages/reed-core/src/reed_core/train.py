@@ -496,7 +496,8 @@ class Trainer:
                     logger.log(values)
                     bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
                     last, sums, host, count, t_last = values, {}, {}, 0, now
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                at_checkpoint = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
+                if at_checkpoint:
                     self.save()
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
                     results = self.evaluate(logger)
@@ -504,7 +505,7 @@ class Trainer:
                     if self.best is not None and self.track_best(results):
                         self.save()  # stopped early: last.pt at this step, so a resumed run stays stopped
                 if terminated.is_set:
-                    if self.step % cfg.ckpt_every != 0 and self.step != cfg.steps:
+                    if not at_checkpoint:
                         self.save()
                     print(
                         f"run {self.run_dir}: stopped by SIGTERM at step {self.step}; checkpoint saved "

@@ -23,7 +23,7 @@ import torch.nn as nn
 from reed_core.objective import ObjectiveOutput
 from reed_core.recipe import TargetConfig, assemble
 from reed_core.train import EpochSampler, seed_everything
-from reed_image.configs import ImageConfig, target_input_size
+from reed_image.configs import ImageConfig
 from reed_image.data import ImageBatch, ImageSet, load_source, to_unit_range
 from reed_image.data.latents import load_vae, sample_posterior
 from reed_image.evaluator import build_evaluator
@@ -33,8 +33,8 @@ from reed_image.interpolants import Interpolant, TimeSampler, velocity_loss
 from reed_image.metrics import Evaluator
 from reed_image.models import SiT, build_sit, install_cublaslt_plans
 from reed_image.samplers import SamplerConfig
-from reed_image.targets.build import TargetTable, ensure_store
-from reed_image.targets.vision import VisionEncoder, build_vision_encoder, resample_tokens
+from reed_image.targets.build import TargetTable, encode_tokens, ensure_store, target_encoder
+from reed_image.targets.vision import VisionEncoder, resample_tokens
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,17 +66,7 @@ def online_encoder(name: str, tcfg: TargetConfig, kind: str, device: torch.devic
             f"reed.targets.{name}.location: online encodes the training images, and these are "
             f"{kind}s; precompute a store from the pixel images the latents came from"
         )
-    encoder = build_vision_encoder(tcfg.encoder, tcfg.checkpoint or None, target_input_size(tcfg))
-    return encoder.to(device).eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def encode_online(encoder: VisionEncoder, x: torch.Tensor) -> torch.Tensor:
-    """``z = E(x0)`` for pixels ``x [B, C, H, W]`` in [-1, 1]: tokens ``[B, L, D]`` in float16,
-    computed as a store is built (bf16 autocast on a GPU), so online and stored targets agree."""
-    with torch.autocast("cuda", torch.bfloat16, enabled=x.device.type == "cuda"):
-        z = encoder(x)
-    return z.to(torch.float16)
+    return target_encoder(tcfg, device)
 
 
 def build_denoiser(cfg: ImageConfig) -> SiT:
@@ -149,7 +139,7 @@ class ImageTask:
         else:
             x = to_unit_range(x)  # (B, C, H, W) in [-1, 1]
         z = {name: table.gather(index) for name, table in self.tables.items()}
-        z |= {name: encode_online(encoder, x) for name, encoder in self.encoders.items()}
+        z |= {name: encode_tokens(encoder, x) for name, encoder in self.encoders.items()}
         return ImageBatch(x=x, y=y, index=index, z=z)
 
     def z_targets(self, batch: ImageBatch) -> dict[str, torch.Tensor]:

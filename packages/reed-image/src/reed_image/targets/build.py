@@ -23,7 +23,7 @@ from reed_image.configs import target_captioner, target_input_size, target_kind
 from reed_image.data.batch import ImageSet, to_unit_range
 from reed_image.targets.captions import build_captioner
 from reed_image.targets.text import SentenceEmbedder, embed_captions
-from reed_image.targets.vision import build_vision_encoder
+from reed_image.targets.vision import VisionEncoder, build_vision_encoder
 
 
 def store_root(name: str, tcfg: TargetConfig, run_dir: str | Path) -> Path:
@@ -39,6 +39,20 @@ def _pixel_images(images: ImageSet, name: str) -> ImageSet:
     return images
 
 
+def target_encoder(tcfg: TargetConfig, device: str | torch.device = "cpu") -> VisionEncoder:
+    """The frozen vision encoder of a target (``encoder``, ``checkpoint``, ``options.input_size``)."""
+    return build_vision_encoder(tcfg.encoder, tcfg.checkpoint or None, target_input_size(tcfg)).to(device)
+
+
+@torch.no_grad()
+def encode_tokens(encoder: VisionEncoder, x: torch.Tensor) -> torch.Tensor:
+    """``z = E(x0)`` for pixels ``x [B, C, H, W]`` in [-1, 1]: tokens ``[B, L, D]`` in float16, the
+    stored dtype (bf16 autocast on a GPU). Stores and ``location=online`` targets both use it."""
+    with torch.autocast("cuda", torch.bfloat16, enabled=x.device.type == "cuda"):
+        z = encoder(x)
+    return z.to(torch.float16)  # no float32 round trip
+
+
 def build_vision_store(
     name: str,
     tcfg: TargetConfig,
@@ -49,14 +63,10 @@ def build_vision_store(
     overwrite: bool = False,
 ) -> FeatureStore:
     images = _pixel_images(images, name)
-    encoder = build_vision_encoder(tcfg.encoder, tcfg.checkpoint or None, target_input_size(tcfg)).to(device)
-    use_bf16 = torch.device(device).type == "cuda"
+    encoder = target_encoder(tcfg, device)
 
     def encode(x_u8: torch.Tensor) -> np.ndarray:
-        x = to_unit_range(x_u8.to(device))
-        with torch.autocast("cuda", torch.bfloat16, enabled=use_bf16):
-            z = encoder(x)  # (B, L, D)
-        return z.to(torch.float16).cpu().numpy()  # stored dtype; no float32 round trip
+        return encode_tokens(encoder, to_unit_range(x_u8.to(device))).cpu().numpy()
 
     batches = (
         (images.ids[i : i + batch_size], images.images[i : i + batch_size])
