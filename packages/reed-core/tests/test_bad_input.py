@@ -96,11 +96,13 @@ def test_toy_entry_point_bad_input(argv, name, tmp_path, capsys):
 def test_a_finished_run_says_so_and_how_to_start_afresh(tmp_path, capsys):
     run_dir = tmp_path / "run"
     argv = ["--run-dir", str(run_dir), "--steps", "3", "train.progress_bar=false", "eval_samples=16"]
-    toy_main(argv)
+    first = toy_main(argv)
     checkpoint = run_dir / "checkpoints" / "last.pt"
     mtime = checkpoint.stat().st_mtime_ns
     capsys.readouterr()
-    assert toy_main(argv) == {}
+    # what the finished run returned (so a requeued job that had finished still returns it)
+    assert first["step"] == 3 and "eval/swd" in first
+    assert toy_main(argv) == pytest.approx(first)
     out = capsys.readouterr().out
     assert "already complete at step 3" in out and str(run_dir.resolve()) in out
     assert "train.run_dir" in out and "train.resume=false" in out and "train.steps" in out

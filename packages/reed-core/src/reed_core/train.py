@@ -453,7 +453,9 @@ class Trainer:
         )
         sums: dict[str, torch.Tensor] = {}
         host: dict[str, float] = {}
-        count, t_last, last = 0, time.perf_counter(), {}
+        count, t_last = 0, time.perf_counter()
+        # a run resumed at its end (a requeued job that had finished) returns what it logged there
+        last = final_record(self.run_dir, self.step) if self.step >= cfg.steps else {}
         steps_per_epoch = max(int(self.task.steps_per_epoch), 1)
         self.model.train()
         if self.best is not None and self.best.stopped and is_main:
@@ -626,3 +628,15 @@ class MetricsLogger:
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def final_record(run_dir: str | Path, step: int) -> dict[str, float]:
+    """The records ``metrics.jsonl`` holds for ``step`` (training terms, then evaluation) merged
+    into one, as ``Trainer.fit`` returned them when it reached that step; ``{}`` without a log."""
+    if not (Path(run_dir) / "metrics.jsonl").exists():
+        return {}
+    merged: dict[str, float] = {}
+    for record in read_metrics(run_dir):
+        if record.get("step") == step:
+            merged.update(record)
+    return merged
