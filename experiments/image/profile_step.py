@@ -22,6 +22,8 @@ from dataclasses import replace
 
 import torch
 
+from reed_core.profiling import format_ops, top_ops
+
 
 def build(preset: str, overrides: list[str], run_dir: str):
     from reed_core.config import load_config
@@ -50,18 +52,6 @@ def run_steps(trainer, n: int) -> float:
     return 1000.0 * (time.perf_counter() - t0) / max(n, 1)
 
 
-def top_ops(prof, steps: int, cuda: bool, k: int = 15) -> list[dict]:
-    rows = []
-    for evt in prof.key_averages():
-        dev = getattr(evt, "self_device_time_total", None)
-        if dev is None:
-            dev = getattr(evt, "self_cuda_time_total", 0.0)
-        us = dev if cuda else evt.self_cpu_time_total
-        rows.append({"op": evt.key[:90], "ms_per_step": us / 1000.0 / steps, "calls": evt.count // steps})
-    rows.sort(key=lambda r: -r["ms_per_step"])
-    return rows[:k]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("presets", nargs="+", help="presets, then key=value overrides for all of them")
@@ -84,12 +74,11 @@ def main() -> None:
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             with torch.profiler.profile(activities=activities) as prof:
                 run_steps(trainer, args.profile_steps)
-            ops = top_ops(prof, args.profile_steps, cuda)
+            ops = top_ops(prof, args.profile_steps, cuda, k=15)
             mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
             report[preset] = {"ms_per_step": ms, "max_memory_gib": mem, "top_ops": ops}
             print(f"== {preset}: {ms:.1f} ms/step, peak memory {mem} GiB", flush=True)
-            for r in ops:
-                print(f"  {r['ms_per_step']:8.2f} ms  x{r['calls']:<4d} {r['op']}", flush=True)
+            print(format_ops(ops, cuda), flush=True)
             del trainer
             if cuda:
                 torch.cuda.empty_cache()

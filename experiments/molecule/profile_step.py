@@ -55,6 +55,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from reed_core.profiling import format_ops, top_ops
+
 ALIASES = {"current": "qm9_budget_baseline", "semla": "qm9_semla"}
 
 
@@ -192,25 +194,6 @@ def set_rates(trainer) -> None:
         trainer.fused_update.set_rates(lr, decay)
 
 
-def top_ops(prof, cuda: bool, steps: int, k: int = 20) -> list[dict]:
-    rows = []
-    for evt in prof.key_averages():
-        self_dev = getattr(evt, "self_device_time_total", None)
-        if self_dev is None:
-            self_dev = getattr(evt, "self_cuda_time_total", 0.0)
-        rows.append(
-            {
-                "name": evt.key,
-                "calls_per_step": evt.count / steps,
-                "self_device_ms_per_step": self_dev / 1000.0 / steps,
-                "self_cpu_ms_per_step": evt.self_cpu_time_total / 1000.0 / steps,
-            }
-        )
-    key = "self_device_ms_per_step" if cuda else "self_cpu_ms_per_step"
-    rows = [r for r in rows if r[key] > 0]
-    return sorted(rows, key=lambda r: -r[key])[:k]
-
-
 def profile_variant(label: str, preset: str, overrides: list[str], args, arrays_cache, scratch: Path) -> dict:
     from reed_core.train import Trainer
     from reed_molecule.data.arrays import MoleculeArrays
@@ -326,7 +309,7 @@ def profile_variant(label: str, preset: str, overrides: list[str], args, arrays_
             for _ in range(args.profile_steps):
                 one_step()
             clock.sync()
-        ops = top_ops(prof, device.type == "cuda", args.profile_steps)
+        ops = top_ops(prof, args.profile_steps, device.type == "cuda")
 
     result = {
         "preset": preset,
@@ -382,10 +365,8 @@ def print_variant(label: str, r: dict, cuda: bool) -> None:
         for k, v in r["forward_by_module_ms"].items():
             print(f"     {v:9.2f} ms  {k}")
     if r["top_ops"]:
-        key = "self_device_ms_per_step" if cuda else "self_cpu_ms_per_step"
         print(f"   top ops by self {'CUDA' if cuda else 'CPU'} time per step:")
-        for op in r["top_ops"]:
-            print(f"     {op[key]:9.3f} ms  x{op['calls_per_step']:<6.0f} {op['name'][:90]}")
+        print(format_ops(r["top_ops"], cuda, indent="     "))
     sys.stdout.flush()  # a variant's table is out before the next one is built
 
 
