@@ -114,7 +114,8 @@ for run in "${RUNS[@]}"; do
   cp "$OUT/train_$run.log" "$OUT/runs/$run/train.log"
 done
 tail -n 3 "$OUT"/train_*.log
-specs=(); for v in $VARIANTS; do specs+=("$v=$OUT/runs/$v-s*"); done
+# a variant's runs are NAME-s<seed>: "repa-s*" would also take repa-stop's runs
+specs=(); for v in $VARIANTS; do specs+=("$v=$OUT/runs/$v-s[0-9]*"); done
 $PY tools/compare_runs.py "${specs[@]}" --metric ${METRIC:-raw/fd} --lower-is-better --also ${ALSO:-ema/fd raw/precision raw/recall} \
   --log-y --title "SiT-S/2 on Fashion-MNIST 32x32 (batch $BATCH, seeds $SEEDS)" --plot "$OUT/image_fd.png" \
   --md "$OUT/results.md" --json "$OUT/results.json" || status=1
