@@ -111,8 +111,17 @@ def test_cli_train_sample_evaluate(qm9_small_path, tmp_path, capsys):
         ]
     )
     sdf = tmp_path / "gen.sdf"
-    sample.main(["--run-dir", str(run), "--num", "3", "--steps", "2", "--out", str(sdf), "--device", "cpu"])
+    grid = tmp_path / "gen.png"
+    sample.main(
+        ["--run-dir", str(run), "--num", "3", "--steps", "2", "--out", str(sdf), "--device", "cpu"]
+        + ["--grid", str(grid), "--grid-num", "2"]
+    )
     assert sdf.read_text().count("$$$$") == 3
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "the first 2 to" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a grid depicts an SDF's molecules
+        sample.main(["--run-dir", str(run), "--out", str(tmp_path / "gen.npz"), "--grid", str(grid)])
+    assert "--grid: depicts the molecules of an .sdf --out" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--num-atoms: impossible atom count 0"):
         sample.main(["--run-dir", str(run), "--num-atoms", "5,0", "--out", str(sdf), "--device", "cpu"])
     with pytest.raises(SystemExit, match="impossible atom count 99"):

@@ -89,7 +89,13 @@ def main(argv: list[str] | None = None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--grid", default=None, help="also a PNG of 2-D depictions (needs an .sdf --out)")
+    p.add_argument("--grid-num", type=int, default=48, help="molecules in the --grid (the first ones)")
     args = p.parse_args(argv)
+    if args.grid is not None and not args.out.endswith(".sdf"):
+        p.error(f"--grid: depicts the molecules of an .sdf --out, got --out {args.out}")
+    if args.grid_num < 1:
+        p.error(f"--grid-num: must be >= 1, got {args.grid_num}")
     ckpt = args.checkpoint or str(Path(args.run_dir) / "checkpoints" / "last.pt")
     try:
         denoiser, cfg, vocab, counts = load_run(ckpt, args.device, use_ema=not args.raw)
@@ -106,6 +112,11 @@ def main(argv: list[str] | None = None):
     mols = generate(denoiser, cfg, vocab, num_atoms, args.steps, args.seed, args.device, args.batch_size)
     n = save_npz(mols, vocab, args.out) if args.out.endswith(".npz") else write_sdf(mols, vocab, args.out)
     print(f"wrote {n} molecules to {args.out}")
+    if args.grid is not None:
+        from reed_molecule.depict import depict_grid, sdf_mols
+
+        depict_grid(sdf_mols(args.out, args.grid_num), args.grid)
+        print(f"wrote the 2-D depictions of the first {min(n, args.grid_num)} to {args.grid}")
     return mols
 
 
