@@ -6,8 +6,14 @@
 # DATA_NPZ:  MoleculeArrays of all of QM9 (python -m reed_molecule.data.qm9 --out FILE)
 # WHEEL_DIR: rdkit / fcd-torch wheels to install where they are missing ('' to skip)
 # Both runs use the same preset body, seed, data order and step schedule; each is stopped after
-# TRAIN_SECONDS of wall time and the comparison uses the evaluations both reached (every 500
-# steps). REED builds its ChemNet target store first (on the GPU), so it starts a little later.
+# TRAIN_SECONDS of wall time and the comparison uses the evaluations both reached. REED builds its
+# ChemNet target store first (on the GPU), so it starts a little later.
+# BASE_PRESET / REED_PRESET (default qm9_budget_baseline / qm9_budget_reed; qm9_semla /
+# qm9_semla_reed for SemlaFlow's network). The deadline's SIGTERM checkpoints the step each run
+# reached, and a second call with the same RUNS_DIR (on a machine that kept it) resumes both.
+# Then FINAL_SAMPLES (default 1000; 0: none) molecules from each run's EMA weights with
+# SAMPLE_STEPS steps: OUT/RUN.sdf, the 2-D depictions of the first 48 (OUT/RUN.png) and the
+# metrics (OUT/RUN_final.json).
 set -euo pipefail
 DATA=${1:?DATA_NPZ}
 WHEELS=${2:-}
@@ -28,14 +34,14 @@ mkdir -p "$OUT" "$RUNS"
 python3 -c "import torch, rdkit, fcd_torch, e3nn; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '', 'rdkit', rdkit.__version__)"
 
 COMMON=(data.path="$DATA" train.steps=1000000 train.ckpt_every=1000000 train.progress_bar=false "${EXTRA[@]}")
-timeout -k 60 "$SECONDS_TRAIN" python3 -m reed_molecule.train --preset qm9_budget_baseline \
+timeout -k 60 "$SECONDS_TRAIN" python3 -m reed_molecule.train --preset "${BASE_PRESET:-qm9_budget_baseline}" \
     --run-dir "$RUNS/baseline" "${COMMON[@]}" >"$OUT/baseline.log" 2>&1 &
 PID_BASE=$!
 t0=$(date +%s)
 python3 -m reed_molecule.targets --data "$DATA" --target chemnet --out "$RUNS/chemnet" \
     --split train --device "${DEVICE:-cuda}" --batch-size 1024 --overwrite 2>&1 | tr '\r' '\n' | tail -n 2 | tee "$OUT/targets.log"
 echo "ChemNet targets took $(( $(date +%s) - t0 )) s"
-timeout -k 60 "$SECONDS_TRAIN" python3 -m reed_molecule.train --preset qm9_budget_reed \
+timeout -k 60 "$SECONDS_TRAIN" python3 -m reed_molecule.train --preset "${REED_PRESET:-qm9_budget_reed}" \
     --run-dir "$RUNS/reed" reed.targets.chemnet.store="$RUNS/chemnet" "${COMMON[@]}" >"$OUT/reed.log" 2>&1 &
 PID_REED=$!
 wait $PID_BASE || echo "baseline exited with $? (124 = stopped at the time limit by SIGTERM, which checkpoints the step it reached)"
@@ -49,3 +55,13 @@ done
 python3 "$ROOT/tools/compare_runs.py" baseline="$OUT/baseline" reed="$OUT/reed" --metric mol_stability --common-x \
     --also atom_stability validity connected_validity uniqueness novelty mmff_energy_median mmff_strain_median fcd \
     --plot-also atom_stability validity uniqueness --plot "$OUT/molecule_qm9.png" --json "$OUT/summary.json"
+FINAL_SAMPLES=${FINAL_SAMPLES:-1000}
+if (( FINAL_SAMPLES > 0 )); then
+    for run in baseline reed; do
+        [[ -f $RUNS/$run/checkpoints/last.pt ]] || { echo "no checkpoint for $run: no final samples"; continue; }
+        python3 -m reed_molecule.sample --run-dir "$RUNS/$run" --num "$FINAL_SAMPLES" \
+            --steps "${SAMPLE_STEPS:-100}" --out "$OUT/$run.sdf" --grid "$OUT/$run.png" --device "${DEVICE:-cuda}"
+        python3 -m reed_molecule.evaluate --sdf "$OUT/$run.sdf" --data "$DATA" --fcd \
+            --out "$OUT/${run}_final.json" --device "${DEVICE:-cuda}"
+    done
+fi
