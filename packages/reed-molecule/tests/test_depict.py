@@ -67,3 +67,20 @@ def test_bad_input_names_the_file_or_flag(tmp_path, sdf, capsys):
     assert exit_.value.code == 2 and "--num: must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
     assert depict_grid(sdf_mols(sdf, 1), tmp_path / "one.png").exists()
+
+
+def test_a_molecule_the_2d_layout_fails_on_is_drawn_in_its_own_coordinates(tmp_path):
+    """Generated bond tangles can make RDKit's 2-D drawing fail ("Cannot normalize a zero length
+    vector"); the grid then draws that molecule as generated, and the others as usual."""
+    from pathlib import Path
+
+    from rdkit.Chem.Draw import rdMolDraw2D
+
+    from reed_molecule.depict import _for_drawing
+
+    undrawable = sdf_mols(Path(__file__).parent / "data" / "undrawable.sdf")[0]
+    with pytest.raises(RuntimeError):  # what the fallback is for
+        rdMolDraw2D.MolDraw2DCairo(100, 100).DrawMolecule(_for_drawing(undrawable))
+    out = depict_grid([embedded("CCO"), undrawable], tmp_path / "grid.png", per_row=2, panel=120)
+    image = np.asarray(Image.open(out).convert("L"))
+    assert all(int((image[:, c * 120 : (c + 1) * 120] < 128).sum()) > 50 for c in range(2))

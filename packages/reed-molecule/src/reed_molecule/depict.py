@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from reed_molecule.chem import smiles_of
@@ -47,8 +48,10 @@ def legend(index: int, mol, width: int = 34) -> str:
     return f"{index}: {smiles if len(smiles) <= width else smiles[: width - 1] + '…'}"
 
 
-def _for_drawing(mol):
-    """Hydrogens removed and 2-D coordinates computed, on a copy; sanitised where possible."""
+def _for_drawing(mol, layout: bool = True):
+    """A copy ready to draw: sanitised where possible (then hydrogens removed), with 2-D
+    coordinates from RDKit's layout, or (``layout=False``) the generated 3-D coordinates seen
+    along z."""
     from rdkit import Chem
     from rdkit.Chem import rdDepictor
     from rdkit.Chem.Draw import rdMolDraw2D
@@ -62,25 +65,37 @@ def _for_drawing(mol):
         m = Chem.Mol(mol)  # hydrogens kept: an over-bonded atom shows as such
         m.UpdatePropertyCache(strict=False)
         valid = False
-    m.RemoveAllConformers()
-    rdDepictor.Compute2DCoords(m)
+    if layout:
+        m.RemoveAllConformers()
+        rdDepictor.Compute2DCoords(m)
+    else:
+        m.GetConformer().Set3D(False)
     return rdMolDraw2D.PrepareMolForDrawing(m, kekulize=valid, addChiralHs=False)
 
 
 def depict_grid(mols: list, path: str | Path, per_row: int = 8, panel: int = 250) -> Path:
     """Draw ``mols`` into a PNG grid of ``per_row`` columns of ``panel`` pixels square, written
-    atomically to ``path``; legends: index, then the SMILES or "not valid"."""
+    atomically to ``path``; legends: index, then the SMILES or "not valid". A molecule RDKit's
+    2-D layout fails on (a generated tangle of bonds can put two atoms on one point) is drawn in
+    its generated coordinates seen along z, its legend saying "3-D"; one that fails both leaves
+    its panel empty and is named on stderr."""
     from rdkit import rdBase
     from rdkit.Chem.Draw import rdMolDraw2D
 
     quiet = rdBase.BlockLogs()  # noqa: F841 - no valence error per invalid molecule while it lives
-    drawn = [_for_drawing(mol) for mol in mols]
-    legends = [legend(i, mol) for i, mol in enumerate(mols)]
-    cols = min(per_row, len(drawn))
-    rows = -(-len(drawn) // cols)
+    cols = min(per_row, len(mols))
+    rows = -(-len(mols) // cols)
     drawer = rdMolDraw2D.MolDraw2DCairo(cols * panel, rows * panel, panel, panel)
     drawer.drawOptions().legendFontSize = 14
-    drawer.DrawMolecules(drawn, legends=legends)
+    for i, mol in enumerate(mols):
+        drawer.SetOffset((i % cols) * panel, (i // cols) * panel)
+        try:
+            drawer.DrawMolecule(_for_drawing(mol), legend=legend(i, mol))
+        except RuntimeError:  # RDKit: "Cannot normalize a zero length vector"
+            try:
+                drawer.DrawMolecule(_for_drawing(mol, layout=False), legend=f"{legend(i, mol)} (3-D)")
+            except RuntimeError as err:
+                print(f"depict: molecule {i} could not be drawn ({err})", file=sys.stderr)
     drawer.FinishDrawing()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
