@@ -89,11 +89,12 @@ def depict_grid(mols: list, path: str | Path, per_row: int = 8, panel: int = 250
     drawer.drawOptions().legendFontSize = 14
     for i, mol in enumerate(mols):
         drawer.SetOffset((i % cols) * panel, (i // cols) * panel)
+        text = legend(i, mol)
         try:
-            drawer.DrawMolecule(_for_drawing(mol), legend=legend(i, mol))
+            drawer.DrawMolecule(_for_drawing(mol), legend=text)
         except RuntimeError:  # RDKit: "Cannot normalize a zero length vector"
             try:
-                drawer.DrawMolecule(_for_drawing(mol, layout=False), legend=f"{legend(i, mol)} (3-D)")
+                drawer.DrawMolecule(_for_drawing(mol, layout=False), legend=f"{text} (3-D)")
             except RuntimeError as err:
                 print(f"depict: molecule {i} could not be drawn ({err})", file=sys.stderr)
     drawer.FinishDrawing()
